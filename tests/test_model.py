@@ -1,0 +1,129 @@
+import math
+
+import pytest
+import torch
+
+from minigpt.model import GPT, GPTConfig
+
+SMALL = dict(vocab_size=97, block_size=32, n_layer=3, n_head=4, n_embd=32)
+
+
+def small_gpt(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**SMALL, **overrides}))
+
+
+def test_gpt2_parameter_names_and_tied_head():
+    model = small_gpt()
+    names = set(model.state_dict())
+    for i in range(3):
+        for suffix in (
+            "ln_1.weight",
+            "ln_1.bias",
+            "attn.c_attn.weight",
+            "attn.c_attn.bias",
+            "attn.c_proj.weight",
+            "ln_2.weight",
+            "mlp.c_fc.weight",
+            "mlp.c_proj.weight",
+            "mlp.c_proj.bias",
+        ):
+            assert f"transformer.h.{i}.{suffix}" in names
+    for name in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "lm_head.weight"):
+        assert name in names
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (3 * 32, 32)
+
+
+def test_gpt2_small_parameter_count():
+    """GPT-2 small: 124,439,808 parameters with the position table, 123,653,376 without (tied head counted once)."""
+    model = GPT(GPTConfig())
+    assert model.num_params(non_embedding=False) == 124_439_808
+    assert model.num_params() == 124_439_808 - 1024 * 768
+
+
+def test_gpt2_initialisation():
+    model = GPT(GPTConfig(vocab_size=5000, block_size=256, n_layer=8, n_head=4, n_embd=256))
+    assert model.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    for block in model.transformer.h:
+        assert block.attn.c_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+        assert block.mlp.c_proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+        assert torch.all(block.attn.c_attn.bias == 0)
+
+
+def test_logits_loss_and_attention_shapes():
+    model = small_gpt().eval()
+    idx = torch.randint(0, 97, (2, 16))
+    logits, loss = model(idx)
+    assert logits.shape == (2, 16, 97) and loss is None
+    logits_w, loss_w, attentions = model(idx, targets=idx, return_attention=True)
+    assert len(attentions) == 3 and all(a.shape == (2, 4, 16, 16) for a in attentions)
+    torch.testing.assert_close(logits_w, logits, atol=1e-5, rtol=1e-5)
+    assert loss_w.ndim == 0
+
+
+def test_fresh_model_loss_is_close_to_log_vocab():
+    model = small_gpt(vocab_size=257).eval()
+    torch.manual_seed(1)
+    idx = torch.randint(0, 257, (8, 32))
+    targets = torch.randint(0, 257, (8, 32))
+    _, loss = model(idx, targets)
+    assert loss.item() == pytest.approx(math.log(257), abs=0.1)
+
+
+def test_loss_ignores_minus_one_targets():
+    model = small_gpt().eval()
+    idx = torch.randint(0, 97, (1, 8))
+    targets = idx.clone()
+    targets[:, 4:] = -1
+    logits, loss = model(idx, targets)
+    expected = torch.nn.functional.cross_entropy(logits[0, :4], targets[0, :4])
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_model_is_causal(return_attention):
+    """Changing tokens after position t leaves the logits at positions <= t unchanged."""
+    model = small_gpt().eval()
+    torch.manual_seed(2)
+    idx = torch.randint(0, 97, (2, 20))
+    t = 7
+    idx2 = idx.clone()
+    idx2[:, t + 1 :] = (idx[:, t + 1 :] + 1) % 97
+    with torch.no_grad():
+        out1 = model(idx, return_attention=return_attention)
+        out2 = model(idx2, return_attention=return_attention)
+    torch.testing.assert_close(out1[0][:, : t + 1], out2[0][:, : t + 1], atol=1e-5, rtol=0)
+    assert not torch.allclose(out1[0][:, t + 1 :], out2[0][:, t + 1 :])
+
+
+def test_gradients_reach_every_parameter():
+    model = small_gpt(dropout=0.1).train()
+    idx = torch.randint(0, 97, (2, 32))
+    _, loss = model(idx, torch.randint(0, 97, (2, 32)))
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_sequence_longer_than_block_size_names_both_lengths():
+    model = small_gpt()
+    with pytest.raises(ValueError, match=r"33.*block_size=32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(n_embd=30, n_head=4), r"n_embd=30.*n_head=4"),
+        (dict(n_layer=0), r"n_layer=0"),
+        (dict(dropout=1.0), r"dropout=1.0"),
+    ],
+)
+def test_bad_config_is_a_clear_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**SMALL, **overrides})
