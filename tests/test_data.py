@@ -1,0 +1,315 @@
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import huggingface_hub
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from jsonargparse import ArgumentParser
+from torch.utils.data import DataLoader
+
+from minigpt.data import TextDataModule, TokenWindows, embedded_corpus
+from minigpt.tokenizer import get_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. Ünïcödé 🙂\n" * 8
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch, tmp_path):
+    """No test touches the network, and the `datasets` caches go to the test's own folder."""
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+
+
+def module(tmp_path, **kwargs) -> TextDataModule:
+    return TextDataModule(data_dir=str(tmp_path / "data"), **{"block_size": 8, "batch_size": 4, **kwargs})
+
+
+def split_tokens(dm: TextDataModule) -> dict[str, np.ndarray]:
+    return {split: np.fromfile(Path(dm.cache_dir) / f"{split}.bin", dtype=np.uint16) for split in ("train", "val")}
+
+
+def documents(dm: TextDataModule, tokens: np.ndarray) -> list[str]:
+    """The documents of a token file: decoded, cut at each end-of-text."""
+    enc = dm.encoding
+    assert tokens[-1] == enc.eot_token
+    return enc.decode(tokens.tolist()).split("<|endoftext|>")[:-1]
+
+
+def write_parquet_hub(folder: Path, texts: list[str]) -> Path:
+    """A local folder laid out like a hub dataset: data/train-00000-of-00001.parquet."""
+    (folder / "data").mkdir(parents=True)
+    table = pa.table({"content": texts, "id": list(range(len(texts)))})
+    pq.write_table(table, folder / "data" / "train-00000-of-00001.parquet")
+    return folder
+
+
+# ---- preparation: the files hold exactly the source's tokens ------------------------------------------------
+
+
+def test_embedded_default_holds_every_topic_once(tmp_path):
+    dm = module(tmp_path)
+    assert (dm.source, dm.tokenizer, dm.vocab_size) == ("embedded", "bytes", 257)
+    dm.prepare_data()
+    tokens = split_tokens(dm)
+    train, val = documents(dm, tokens["train"]), documents(dm, tokens["val"])
+    corpus = embedded_corpus()
+    assert sorted(train + val) == sorted(corpus)
+    assert len(val) == math.ceil(0.1 * len(corpus))
+
+
+def test_single_file_validates_on_its_last_tenth_like_nanogpt(tmp_path):
+    path = tmp_path / "play.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    dm = module(tmp_path, source="text", path=str(path))
+    dm.prepare_data()
+    tokens, cut = split_tokens(dm), int(len(TEXT) * 0.9)
+    assert tokens["train"].tolist() == list(TEXT[:cut].encode()) + [256]
+    assert tokens["val"].tolist() == list(TEXT[cut:].encode()) + [256]
+
+
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"no Tiny Shakespeare at {SHAKESPEARE}")
+def test_tiny_shakespeare_split_is_nanogpts(tmp_path):
+    dm = module(tmp_path, source="text", path=str(SHAKESPEARE))
+    dm.prepare_data()
+    text, tokens = SHAKESPEARE.read_text(), split_tokens(dm)
+    cut = int(len(text) * 0.9)
+    assert (len(tokens["train"]), len(tokens["val"])) == (1003854 + 1, 111540 + 1)
+    assert bytes(tokens["train"][:-1].astype(np.uint8)) == text[:cut].encode()
+    assert bytes(tokens["val"][:-1].astype(np.uint8)) == text[cut:].encode()
+
+
+def test_folder_of_text_files_is_one_document_per_file(tmp_path):
+    books = tmp_path / "books"
+    (books / "more").mkdir(parents=True)
+    texts = [f"book {i}: " + TEXT[: 50 + 10 * i] for i in range(4)]
+    for i, text in enumerate(texts):
+        (books / ("more" if i % 2 else "") / f"{i}.txt").write_text(text)
+    (books / "notes.md").write_text("not a .txt file")
+    for path in (books, books / "**" / "*.txt"):
+        dm = module(tmp_path, source="text", path=str(path), dataset_name="books")
+        dm.prepare_data()
+        tokens = split_tokens(dm)
+        train, val = documents(dm, tokens["train"]), documents(dm, tokens["val"])
+        assert sorted(train + val) == sorted(texts)
+        assert len(val) == 1  # ceil(0.1 * 4): even a few files give a validation document
+
+
+def test_local_parquet_folder_goes_through_the_hub_path(tmp_path):
+    texts = [f"story {i}: once upon a time " * (1 + i % 3) for i in range(30)]
+    folder = write_parquet_hub(tmp_path / "stories", texts)
+    dm = module(tmp_path, source="hub", path=str(folder), text_column="content")
+    assert dm.dataset_name.endswith("-stories")
+    dm.prepare_data()
+    tokens = split_tokens(dm)
+    assert sorted(documents(dm, tokens["train"]) + documents(dm, tokens["val"])) == sorted(texts)
+
+
+def test_streaming_stops_at_the_token_budget(tmp_path):
+    texts = [f"document number {i}, " * 5 for i in range(3000)]
+    folder = write_parquet_hub(tmp_path / "web", texts)
+    dm = module(tmp_path, source="hub", path=str(folder), text_column="content", streaming=True, token_budget=20_000)
+    dm.prepare_data()
+    tokens = split_tokens(dm)
+    docs = documents(dm, tokens["train"]) + documents(dm, tokens["val"])
+    total = sum(len(t) for t in tokens.values())
+    last = len(docs[-1].encode()) + 1
+    assert total - last < 20_000 <= total  # stopped on the document that reached the budget
+    assert set(docs) <= set(texts) and 0 < len(documents(dm, tokens["val"])) < len(docs) / 5
+
+
+def test_gpt2_tokens_decode_back(tmp_path):
+    try:
+        get_tokenizer("gpt2")
+    except ValueError as e:
+        pytest.skip(f"GPT-2 BPE not loadable (set TIKTOKEN_CACHE_DIR, e.g. to ../shared/tiktoken-cache): {e}")
+    dm = module(tmp_path, tokenizer="gpt2")
+    dm.prepare_data()
+    tokens = split_tokens(dm)
+    assert sorted(documents(dm, tokens["train"]) + documents(dm, tokens["val"])) == sorted(embedded_corpus())
+
+
+# ---- the cache ----------------------------------------------------------------------------------------------
+
+
+def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, capsys):
+    path = tmp_path / "play.txt"
+    path.write_text(TEXT)
+    dm = module(tmp_path, source="text", path=str(path))
+    dm.prepare_data()
+    assert "no cache yet" in capsys.readouterr().out
+    train_bin = Path(dm.cache_dir) / "train.bin"
+    before = train_bin.stat().st_mtime_ns
+    dm.prepare_data()
+    assert capsys.readouterr().out == "" and train_bin.stat().st_mtime_ns == before
+    # Another setting writes the same folder; going back rebuilds again.
+    module(tmp_path, source="text", path=str(path), val_fraction=0.2).prepare_data()
+    assert "the source or the settings changed" in capsys.readouterr().out
+    dm.prepare_data()
+    assert "the source or the settings changed" in capsys.readouterr().out
+    with open(train_bin, "r+b") as f:
+        f.truncate(10)
+    dm.prepare_data()
+    assert "train.bin is missing or truncated" in capsys.readouterr().out
+    (Path(dm.cache_dir) / "val.bin").unlink()
+    dm.prepare_data()
+    assert "val.bin is missing or truncated" in capsys.readouterr().out
+    path.write_text(TEXT + "more")
+    dm.prepare_data()
+    assert "changed" in capsys.readouterr().out
+    assert not list(Path(dm.cache_dir).glob("*.tmp"))
+
+
+# ---- batches ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> TextDataModule:
+    dm = TextDataModule(data_dir=str(tmp_path_factory.mktemp("cache")), block_size=16, batch_size=4)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def take(windows, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [batch for batch, _ in zip(windows, range(n), strict=False)]
+
+
+def same(a: list, b: list) -> bool:
+    """Whether two lists of (x, y) batches are equal."""
+    return len(a) == len(b) and all(torch.equal(torch.stack(p), torch.stack(q)) for p, q in zip(a, b, strict=True))
+
+
+def windows(dm: TextDataModule, start: int = 0, rank: int = 0, seed: int = 1337) -> TokenWindows:
+    batches = range(start, 10**9)
+    return TokenWindows(dm._bin("train"), dm.dtype, dm.block_size, dm.batch_size, batches, seed, rank)
+
+
+def test_y_is_x_shifted_by_one(prepared):
+    x, y = next(iter(prepared.train_dataloader()))
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    train = prepared.data["train"]
+    for row, start in zip(x, windows(prepared).offsets(0, len(train)), strict=True):
+        assert row.tolist() == train[start : start + 16].tolist()
+
+
+def test_training_batches_are_a_function_of_seed_rank_and_index(prepared):
+    first = take(windows(prepared), 6)
+    assert same(first, take(windows(prepared), 6))
+    assert not any(torch.equal(a[0], b[0]) for a, b in zip(first, take(windows(prepared, rank=1), 6), strict=True))
+    assert not torch.equal(first[0][0], take(windows(prepared, seed=1), 1)[0][0])
+    # Resuming at batch 3 continues the same stream.
+    assert same(first[3:], take(windows(prepared, start=3), 3))
+
+
+def test_workers_split_the_batches_without_changing_them(prepared):
+    loader = DataLoader(windows(prepared), batch_size=None, num_workers=2)
+    assert same(take(loader, 6), take(windows(prepared), 6))
+
+
+def test_train_loader_starts_where_the_trainer_left_off(prepared):
+    prepared.trainer = SimpleNamespace(global_step=3, accumulate_grad_batches=2, global_rank=1)
+    try:
+        loader = prepared.train_dataloader()
+    finally:
+        prepared.trainer = None
+    assert (loader.dataset.batches.start, loader.dataset.rank) == (6, 1)
+    assert same(take(loader, 2), take(windows(prepared, start=6, rank=1), 2))
+
+
+def test_validation_batches_are_fixed(prepared):
+    first, again = list(prepared.val_dataloader()), list(prepared.val_dataloader())
+    assert len(first) == prepared.val_batches and same(first, again)
+    val = prepared.val_dataloader().dataset
+    starts = np.concatenate([val.offsets(b, len(prepared.data["val"])) for b in range(prepared.val_batches)])
+    # Evenly spaced from the first window to the last one that fits.
+    assert starts[0] == 0 and starts[-1] == len(prepared.data["val"]) - 17 and np.all(np.diff(starts) > 0)
+
+
+# ---- what a user can get wrong: one line that names the value and the fix -----------------------------------
+
+
+def one_line(info: pytest.ExceptionInfo) -> str:
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_empty_input(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="holds no text") as info:
+        module(tmp_path, source="text", path=str(tmp_path / "empty.txt")).prepare_data()
+    one_line(info)
+    assert not list((tmp_path / "data").rglob("*.tmp")), "a failed preparation left a temporary file"
+
+
+def test_missing_local_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no text file at path='nowhere/\\*.txt'") as info:
+        module(tmp_path, source="text", path="nowhere/*.txt").prepare_data()
+    one_line(info)
+
+
+def test_missing_text_column(tmp_path):
+    folder = write_parquet_hub(tmp_path / "ds", ["a story"])
+    with pytest.raises(ValueError, match="text_column='text' is not a column.*content, id") as info:
+        module(tmp_path, source="hub", path=str(folder)).prepare_data()
+    one_line(info)
+
+
+def test_corpus_shorter_than_a_window(tmp_path):
+    (tmp_path / "short.txt").write_text("a few words, " * 10)
+    dm = module(tmp_path, source="text", path=str(tmp_path / "short.txt"), block_size=64)
+    dm.prepare_data()
+    with pytest.raises(ValueError, match="val split .* fewer than one window of block_size \\+ 1 = 65") as info:
+        dm.setup()
+    one_line(info)
+
+
+@pytest.mark.parametrize("path", ["minigpt-tests/no-such-dataset", "https://example.com/corpus.txt"])
+def test_unreachable_hub_says_what_to_do_offline(tmp_path, path):
+    source = "text" if "://" in path else "hub"
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE") as info:
+        module(tmp_path, source=source, path=path).prepare_data()
+    assert "source: text, path:" in one_line(info) and "source: embedded" in one_line(info)
+
+
+def test_bad_arguments_fail_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="unknown tokenizer 'gpt5'"):
+        module(tmp_path, tokenizer="gpt5")
+    with pytest.raises(ValueError, match="source 'hub' needs a path"):
+        module(tmp_path, source="hub")
+
+
+def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(TEXT.encode() + "café\nnaïve\nplain\n".encode("latin-1") + TEXT.encode())
+    dm = module(tmp_path, source="text", path=str(path))
+    dm.prepare_data()
+    assert "2 lines held bytes that are not UTF-8" in capsys.readouterr().out
+    tokens = split_tokens(dm)
+    text = "".join(documents(dm, tokens["train"]) + documents(dm, tokens["val"]))
+    assert "caf\ufffd\nna\ufffdve\nplain" in text
+
+
+# ---- the shipped presets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs" / "data").glob("*.yaml")), ids=lambda p: p.name)
+def test_data_presets_build_the_datamodule(preset):
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(TextDataModule, "data")
+    dm = parser.instantiate(parser.parse_args(["--data", str(preset)])).data
+    assert isinstance(dm, TextDataModule) and dm.source in ("text", "hub") and dm.path
+
+
+def test_presets_for_the_issue_datasets_exist():
+    names = {p.stem for p in (ROOT / "configs" / "data").glob("*.yaml")}
+    assert {"tinyshakespeare", "tinystories", "fineweb-edu"} <= names
