@@ -2,7 +2,8 @@
 
 `causal_mask` and `scaled_dot_product_attention` are the reference documents' computation written plainly, so
 the attention weights can be looked at; `CausalSelfAttention` is the layer the model uses, which runs PyTorch's
-fused kernel unless the weights are asked for.
+fused kernel unless the weights are asked for. For generation the layer can hold a `KVCache`: the prompt's keys
+and values are computed once, then each new token attends to them (`cache_mask` says which slots it may see).
 """
 
 import math
@@ -15,6 +16,15 @@ from torch import nn
 def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(T, T) bool mask, True where query i may attend to key j, i.e. j <= i (diagonal included)."""
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
+def cache_mask(input_pos: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(T, max_len) bool mask, True where the query at position input_pos[i] may attend to cache slot j (j <= pos).
+
+    Slots after a query's position are not yet written for this sequence (or hold a previous window's keys), so
+    they are masked out. `cache_mask(torch.arange(T), T)` equals `causal_mask(T)`.
+    """
+    return input_pos[:, None] >= torch.arange(max_len, device=input_pos.device)  # (T, 1) vs (max_len,)
 
 
 def scaled_dot_product_attention(
@@ -38,6 +48,35 @@ def scaled_dot_product_attention(
     return weights @ v, weights
 
 
+class KVCache(nn.Module):
+    """Keys and values of the positions seen so far, preallocated to max_len positions.
+
+    The buffers never change shape, so a compiled decoding step sees the same shapes at every position. They are
+    not persistent: a model's state_dict is the same with or without a cache.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        n_head: int,
+        max_len: int,
+        head_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_size)
+        self.register_buffer("k_cache", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) at positions input_pos (T,); return the whole caches (B, nh, max_len, hs)."""
+        # Cast: under autocast k and v may come in a lower precision than the cache's.
+        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+        return self.k_cache, self.v_cache
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused q|k|v projection (GPT-2's `c_attn`, `c_proj`)."""
 
@@ -54,26 +93,49 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
+        self.kv_cache: KVCache | None = None  # set for generation (GPT.setup_kv_cache)
 
     def forward(
-        self, x: torch.Tensor, return_weights: bool = False
+        self,
+        x: torch.Tensor,
+        return_weights: bool = False,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, C). Returns y (B, T, C), plus the attention weights (B, nh, T, Tk) when return_weights.
+
+        Without a cache the keys are x's own (Tk = T). With `kv_cache` set, input_pos (T,) are the positions of
+        x's tokens: their keys and values are written there and the keys are the cache's slots (Tk = max_len).
+        mask: (T, Tk) bool, True = may attend; by default causal, or `cache_mask(input_pos, max_len)` with a cache
+        (the model computes it once for all its layers).
+        """
+        if (self.kv_cache is None) != (input_pos is None):
+            raise ValueError(
+                "input_pos goes with a KV cache: set one (GPT.setup_kv_cache) and pass input_pos, or neither"
+            )
         B, T, C = x.shape
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, max_len, hs) each
+            if mask is None:
+                mask = cache_mask(input_pos, k.size(2))  # (T, max_len)
+        elif mask is None and return_weights:
+            mask = causal_mask(T, device=x.device)
 
         if return_weights:
-            y, weights = scaled_dot_product_attention(q, k, v, mask=causal_mask(T, device=x.device))
+            y, weights = scaled_dot_product_attention(q, k, v, mask=mask)
             if self.training and self.dropout > 0:
                 # Drop attention weights as the fused kernel does; the returned weights stay undropped.
                 y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
         else:
-            # Flash / memory-efficient kernels on GPU; the same scale 1/sqrt(hs) by default.
+            # Flash / memory-efficient kernels on GPU; the same scale 1/sqrt(hs) by default. With no mask (training)
+            # is_causal builds the causal structure into the kernel.
             dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         y = self.resid_dropout(self.c_proj(y))

@@ -1,7 +1,8 @@
 """A decoder-only transformer in GPT-2's layout and parameter names, in plain torch.
 
 The names (`transformer.wte`, `transformer.h.{i}.attn.c_attn`, `lm_head`, ...) are GPT-2's, so its weights map
-onto this model one to one (its Conv1D weights transposed).
+onto this model one to one (its Conv1D weights transposed). For generation, `setup_kv_cache` gives every attention
+layer a key/value cache and `forward(..., input_pos=...)` feeds tokens at their positions.
 """
 
 import math
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt.attention import CausalSelfAttention
+from minigpt.attention import CausalSelfAttention, KVCache, cache_mask
 
 
 @dataclass
@@ -70,12 +71,16 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, return_weights: bool = False
+        self,
+        x: torch.Tensor,
+        return_weights: bool = False,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if return_weights:
-            attn_out, weights = self.attn(self.ln_1(x), return_weights=True)
+            attn_out, weights = self.attn(self.ln_1(x), return_weights=True, input_pos=input_pos, mask=mask)
         else:
-            attn_out = self.attn(self.ln_1(x))
+            attn_out = self.attn(self.ln_1(x), input_pos=input_pos, mask=mask)
         x = x + attn_out
         x = x + self.mlp(self.ln_2(x))
         return (x, weights) if return_weights else x
@@ -124,16 +129,48 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def setup_kv_cache(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        """Give every attention layer a KV cache for batch_size sequences of up to block_size tokens.
+
+        device and dtype default to the model's. While it is set, forward needs input_pos; `clear_kv_cache`
+        removes it (before training again).
+        """
+        weight = self.lm_head.weight
+        head_size = self.config.n_embd // self.config.n_head
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(
+                batch_size,
+                self.config.n_head,
+                self.config.block_size,
+                head_size,
+                device=weight.device if device is None else device,
+                dtype=weight.dtype if dtype is None else dtype,
+            )
+
+    def clear_kv_cache(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         return_attention: bool = False,
+        input_pos: torch.Tensor | None = None,
+        only_last_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """idx, targets: (B, T) token ids.
 
         Returns (logits (B, T, vocab), loss or None), plus the list of per-layer attention weights
         (each (B, nh, T, T)) when return_attention is True. Targets equal to -1 are ignored by the loss.
+
+        Generation: with a KV cache set (`setup_kv_cache`), input_pos (T,) holds the positions of idx's tokens
+        (the prompt at arange(T), then one token per call at its position) and attention weights are
+        (B, nh, T, block_size) over the cache's slots. only_last_logits computes the LM head at the last
+        position only (logits (B, 1, vocab)): all that sampling needs, and for a large vocabulary the head is
+        the biggest matmul of a long prefill.
         """
         B, T = idx.shape
         if T > self.config.block_size:
@@ -141,17 +178,27 @@ class GPT(nn.Module):
                 f"sequence length {T} is longer than block_size={self.config.block_size}: "
                 "crop the input to the last block_size tokens or train with a larger block_size"
             )
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        if only_last_logits and targets is not None:
+            raise ValueError("the loss needs logits at every position: pass targets without only_last_logits")
+        if input_pos is None:
+            pos = torch.arange(T, device=idx.device)  # (T,)
+            mask = None
+        else:
+            pos = input_pos
+            # Computed once here rather than in each layer: which cache slots each position may see.
+            mask = cache_mask(input_pos, self.config.block_size)  # (T, block_size)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
 
         attentions = []
         for block in self.transformer.h:
             if return_attention:
-                x, weights = block(x, return_weights=True)
+                x, weights = block(x, return_weights=True, input_pos=input_pos, mask=mask)
                 attentions.append(weights)
             else:
-                x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+                x = block(x, input_pos=input_pos, mask=mask)
+        if only_last_logits:
+            x = x[:, -1:]  # (B, 1, C)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab), or (B, 1, vocab) for only_last_logits
 
         loss = None
         if targets is not None:

@@ -1,0 +1,160 @@
+"""Generate text from a trained run's checkpoint or from OpenAI's GPT-2 weights, printed as it is made.
+
+    python sample.py                                   # the newest run under runs/: best.ckpt, else last.ckpt
+    python sample.py --ckpt runs/x/checkpoints/last.ckpt --prompt "ROMEO:" --num-samples 3
+    python sample.py --init-from gpt2 --prompt "Hello, I'm a language model," --top-p 0.9
+
+The tokenizer and model shape come from the checkpoint. Prompts may not contain special tokens; an empty prompt
+starts from <|endoftext|>.
+"""
+
+import argparse
+import random
+import sys
+import time
+
+import torch
+
+from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
+from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, stream
+from minigpt.model import GPT
+from minigpt.tokenizer import get_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SEPARATOR = "\n" + "-" * 40
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--ckpt", help="checkpoint file (default: the newest run's best.ckpt, else last.ckpt)")
+    source.add_argument("--init-from", choices=GPT2_NAMES, help="OpenAI's GPT-2 weights (needs transformers)")
+    parser.add_argument("--runs-dir", default="runs", help="where training writes its runs (default: runs)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="", help="text to continue (default: empty, start a new document)")
+    prompt.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples, generated in one batch")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is more random")
+    parser.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest tokens; 0: no limit")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus: the likeliest tokens holding this mass")
+    parser.add_argument("--seed", type=int, help="same seed, same text (default: a random seed, reported)")
+    parser.add_argument(
+        "--stop-at-eot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end a sample at <|endoftext|> (default: yes)",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on a GPU that has it, else float32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, fast steps)")
+    return parser.parse_args(argv)
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file is None:
+        return args.prompt
+    try:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt file {args.prompt_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"prompt file {args.prompt_file} cannot be read: {e.strerror}") from None
+    if not text.strip():
+        raise ValueError(f"prompt file {args.prompt_file} is empty: write a prompt in it, or pass --prompt ''")
+    return text
+
+
+def pick_device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a torch device: try cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    if args.dtype is not None:
+        return device, DTYPES[args.dtype]
+    gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return device, torch.bfloat16 if gpu_bf16 else torch.float32
+
+
+def load_model(args: argparse.Namespace) -> tuple[GPT, str, str]:
+    """(model, tokenizer name, where it came from)."""
+    if args.init_from is not None:
+        return *load_gpt2(args.init_from), args.init_from
+    path = args.ckpt or find_checkpoint(args.runs_dir)
+    return *load_checkpoint(path), str(path)
+
+
+def run(args: argparse.Namespace) -> None:
+    top_k = args.top_k or None
+    check_sampling(args.temperature, top_k, args.top_p)
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        raise ValueError(
+            f"--num-samples {args.num_samples} must be >= 1 and --max-new-tokens {args.max_new_tokens} >= 0"
+        )
+    prompt = read_prompt(args)
+    device, dtype = pick_device_and_dtype(args)
+    model, tokenizer_name, source = load_model(args)
+    enc = get_tokenizer(tokenizer_name)
+    ids = encode_prompt(enc, prompt)
+    if max(ids) >= model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer_name!r} gives token id {max(ids)}, beyond the model's vocab_size="
+            f"{model.config.vocab_size}: the checkpoint's tokenizer and model do not match"
+        )
+    model.to(device=device, dtype=dtype)
+    if args.compile:
+        model.compile()  # in place, so the model keeps its methods (the KV cache setup)
+
+    seed = random.randrange(2**31) if args.seed is None else args.seed
+    idx = torch.tensor([ids] * args.num_samples, device=device)  # (num_samples, T)
+    stop_token = enc.eot_token if args.stop_at_eot else None
+    samples: list[list[int]] = [[] for _ in range(args.num_samples)]
+    live = TokenDecoder(enc) if args.num_samples == 1 else None  # one sample is printed as it is made
+
+    if live is not None:
+        print(prompt, end="", flush=True)
+    t0 = time.perf_counter()
+    steps = stream(
+        model, idx, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
+        seed=seed, stop_token=stop_token,
+    )  # fmt: skip
+    for new in steps:
+        for sample, token in zip(samples, new.tolist(), strict=True):
+            if not sample or sample[-1] != stop_token:  # after its stop token a sample only repeats it
+                sample.append(token)
+                if live is not None and token != stop_token:
+                    print(live.decode(token), end="", flush=True)
+    seconds = time.perf_counter() - t0
+    if live is not None:
+        print(live.flush())
+    else:
+        for sample in samples:
+            print(prompt + enc.decode([t for t in sample if t != stop_token]) + SEPARATOR)
+
+    n_new = sum(len(sample) for sample in samples)
+    print(
+        f"{n_new} tokens in {seconds:.2f} s ({n_new / seconds:.1f} tokens/s) from {source} on {device}, seed {seed}",
+        file=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError, ImportError) as e:  # user errors: a bad value, file, or missing extra
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

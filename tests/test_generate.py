@@ -1,0 +1,228 @@
+"""Generation: the KV cache against recomputing, the sampling controls, streaming, and the prompt text helpers."""
+
+import math
+
+import pytest
+import tiktoken
+import torch
+
+from minigpt.attention import CausalSelfAttention, KVCache, cache_mask, causal_mask
+from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate, sample_next, stream
+from minigpt.model import GPT, GPTConfig
+
+VOCAB, BLOCK = 97, 16
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def greedy_by_recomputing(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """The reference: the whole context (its last block_size tokens) through the model at every step."""
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, -model.config.block_size :])
+            idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    return idx
+
+
+# --- the KV cache ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 5), (2, BLOCK), (2, BLOCK + 4)])
+def test_greedy_with_cache_equals_recomputing_across_the_window(model, B, T):
+    """40 new tokens cross block_size=16 from every prompt length, so the window slides (re-prefills) too."""
+    idx = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(T))
+    expected = greedy_by_recomputing(model, idx, 40)
+    assert torch.equal(generate(model, idx, 40, temperature=0), expected)
+    assert torch.equal(generate(model, idx, 40, temperature=0, use_cache=False), expected)
+
+
+def test_cached_logits_equal_full_forward_at_every_position(model):
+    idx = torch.randint(0, VOCAB, (2, BLOCK), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full, _ = model(idx)  # (2, BLOCK, vocab)
+        model.setup_kv_cache(2)
+        prefill, _ = model(idx[:, :6], input_pos=torch.arange(6))
+        steps = [model(idx[:, t : t + 1], input_pos=torch.tensor([t]))[0] for t in range(6, BLOCK)]
+        model.clear_kv_cache()
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_step_never_sees_unwritten_or_stale_cache_slots():
+    """Slots after the query's position hold garbage here (a previous window's keys, in generation)."""
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(32, 4).eval()
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        expected = layer(x)
+        layer.kv_cache = KVCache(2, 4, 12, 8)
+        layer.kv_cache.k_cache.fill_(1e4)
+        layer.kv_cache.v_cache.fill_(-1e4)
+        prefill = layer(x[:, :5], input_pos=torch.arange(5))
+        steps = [layer(x[:, t : t + 1], input_pos=torch.tensor([t])) for t in range(5, 8)]
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_mask_generalises_causal_mask():
+    assert torch.equal(cache_mask(torch.arange(6), 6), causal_mask(6))
+    row = cache_mask(torch.tensor([3]), 8)  # the decode step at position 3 of an 8-slot cache
+    assert row.tolist() == [[True] * 4 + [False] * 4]
+
+
+def test_attention_weights_with_the_cache_cover_its_slots(model):
+    with torch.no_grad():
+        model.setup_kv_cache(1)
+        _, _, attentions = model(torch.tensor([[1, 2, 3]]), return_attention=True, input_pos=torch.arange(3))
+        model.clear_kv_cache()
+    weights = attentions[0]
+    assert weights.shape == (1, 2, 3, BLOCK)
+    assert torch.all(weights[..., 3:] == 0) and torch.equal(weights[0, 0, :, :3] > 0, causal_mask(3))
+
+
+def test_cache_leaves_state_dict_alone_and_clears(model):
+    keys = set(model.state_dict())
+    model.setup_kv_cache(2)
+    assert set(model.state_dict()) == keys
+    assert model.transformer.h[0].attn.kv_cache.k_cache.shape == (2, 2, BLOCK, 16)  # (B, nh, block_size, hs)
+    with pytest.raises(ValueError, match="input_pos"):
+        model(torch.zeros(2, 3, dtype=torch.long))  # a cache is set: training-style calls are refused
+    model.clear_kv_cache()
+    with pytest.raises(ValueError, match="setup_kv_cache"):
+        model(torch.zeros(2, 3, dtype=torch.long), input_pos=torch.arange(3))
+    logits, _ = model(torch.zeros(2, 3, dtype=torch.long))
+    assert logits.shape == (2, 3, VOCAB)
+
+
+def test_only_last_logits(model):
+    idx = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        full, _ = model(idx)
+        last, loss = model(idx, only_last_logits=True)
+    assert last.shape == (2, 1, VOCAB) and loss is None
+    torch.testing.assert_close(last, full[:, -1:], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="only_last_logits"):
+        model(idx, targets=idx, only_last_logits=True)
+
+
+# --- sampling -----------------------------------------------------------------------------------------------
+PROBS = torch.tensor([0.05, 0.5, 0.15, 0.3])  # ranked: 1, 3, 2, 0
+
+
+def support(draws: torch.Tensor) -> set[int]:
+    return set(draws.unique().tolist())
+
+
+@pytest.mark.parametrize(
+    "top_k,top_p,expected",
+    [
+        (None, None, {0, 1, 2, 3}),
+        (2, None, {1, 3}),
+        (1, None, {1}),
+        (None, 0.4, {1}),  # the most likely token alone holds 0.5
+        (None, 0.7, {1, 3}),  # 0.5 < 0.7 <= 0.8
+        (None, 0.9, {1, 3, 2}),
+        (None, 1.0, {0, 1, 2, 3}),
+        (2, 0.4, {1}),
+    ],
+)
+def test_top_k_and_top_p_restrict_the_support(top_k, top_p, expected):
+    logits = PROBS.log().expand(4000, 4)  # 4000 draws in one batch
+    draws = sample_next(logits, 1.0, top_k, top_p, torch.Generator().manual_seed(0))
+    assert support(draws) == expected
+
+
+def test_temperature_sharpens_and_zero_is_argmax():
+    logits = PROBS.log().expand(4000, 4)
+    gen = torch.Generator().manual_seed(0)
+    hot = (sample_next(logits, 1.0, generator=gen) == 1).float().mean()
+    cold = (sample_next(logits, 0.25, generator=gen) == 1).float().mean()
+    assert hot == pytest.approx(0.5, abs=0.04)
+    assert cold == pytest.approx(0.5**4 / (PROBS**4).sum().item(), abs=0.03)  # p^(1/T) renormalised: 0.88
+    assert torch.equal(sample_next(logits[:3], 0.0), torch.tensor([1, 1, 1]))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(temperature=-0.5), r"temperature=-0.5"),
+        (dict(temperature=math.nan), r"temperature=nan"),
+        (dict(temperature=1.0, top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+        (dict(temperature=1.0, top_p=1.5), r"top_p=1.5"),
+        (dict(temperature=1.0, top_k=0), r"top_k=0"),
+    ],
+)
+def test_bad_sampling_settings_are_value_errors(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        check_sampling(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 3, **kwargs)
+
+
+def test_same_seed_same_tokens_and_a_batch_of_different_samples(model):
+    idx = torch.zeros(4, 1, dtype=torch.long)
+    a = generate(model, idx, 30, seed=7, top_p=0.95)
+    assert torch.equal(a, generate(model, idx, 30, seed=7, top_p=0.95))
+    assert not torch.equal(a, generate(model, idx, 30, seed=8, top_p=0.95))
+    assert len({tuple(row) for row in a.tolist()}) == 4  # several samples in one batch, each its own
+
+
+def test_top_k_one_is_greedy(model):
+    idx = torch.randint(0, VOCAB, (2, 3))
+    assert torch.equal(generate(model, idx, 20, top_k=1, seed=3), generate(model, idx, 20, temperature=0))
+
+
+def test_stop_token_ends_each_sequence_and_then_the_stream(model):
+    idx = torch.randint(0, VOCAB, (2, 4), generator=torch.Generator().manual_seed(5))
+    free = generate(model, idx, 30, temperature=0)[:, 4:].tolist()
+    stop = free[0][3]
+    stopped = generate(model, idx, 30, temperature=0, stop_token=stop)[:, 4:].tolist()
+    ends = [row.index(stop) if stop in row else None for row in free]
+    for row, free_row, end in zip(stopped, free, ends, strict=True):
+        if end is None:
+            assert row == free_row
+        else:
+            assert row[: end + 1] == free_row[: end + 1] and set(row[end:]) == {stop}
+    assert len(stopped[0]) == (30 if None in ends else max(ends) + 1)
+
+
+def test_stream_yields_step_by_step_and_clears_the_cache_when_closed(model):
+    steps = stream(model, torch.zeros(3, 2, dtype=torch.long), 50, seed=0)
+    first = next(steps)
+    assert first.shape == (3,) and first.dtype == torch.long
+    assert model.transformer.h[0].attn.kv_cache is not None  # generating
+    steps.close()
+    assert model.transformer.h[0].attn.kv_cache is None
+    assert torch.equal(generate(model, torch.zeros(1, 2, dtype=torch.long), 0), torch.zeros(1, 2, dtype=torch.long))
+
+
+# --- text on either side -------------------------------------------------------------------------------
+BYTES = tiktoken.Encoding(
+    name="bytes",
+    pat_str=r"[\s\S]{1,256}",
+    mergeable_ranks={bytes([i]): i for i in range(256)},
+    special_tokens={"<|endoftext|>": 256},
+)
+ASCII = tiktoken.Encoding(  # a restricted vocabulary: printable ASCII only
+    name="ascii",
+    pat_str=r"[\s\S]{1,256}",
+    mergeable_ranks={bytes([i]): i - 32 for i in range(32, 127)},
+    special_tokens={"<|endoftext|>": 95},
+)
+
+
+def test_encode_prompt():
+    assert encode_prompt(BYTES, "") == [256]  # an empty prompt starts a new document
+    assert encode_prompt(BYTES, "hé") == [104, 0xC3, 0xA9]
+    with pytest.raises(ValueError, match=r"special token <\|endoftext\|>"):
+        encode_prompt(BYTES, "one<|endoftext|>two")
+    with pytest.raises(ValueError, match=r"tokenizer 'ascii' cannot encode: 'é€'"):
+        encode_prompt(ASCII, "café €5")
+
+
+def test_token_decoder_waits_for_whole_characters():
+    decoder = TokenDecoder(BYTES)
+    pieces = [decoder.decode(t) for t in "a€".encode()]  # € is three byte tokens
+    assert pieces == ["a", "", "", "€"]
+    assert decoder.decode(0xE2) == "" and decoder.flush() == "\ufffd"
+    assert TokenDecoder(BYTES).decode(256) == "<|endoftext|>"

@@ -1,0 +1,138 @@
+"""sample.py through its main(argv), on checkpoints written here as training writes them."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt.checkpoint import find_checkpoint, load_checkpoint
+from minigpt.model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("sample", ROOT / "sample.py")
+sample = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sample)
+
+CONFIG = GPTConfig(vocab_size=257, block_size=32, n_layer=2, n_head=2, n_embd=32)
+
+
+def write_checkpoint(path: Path, config: GPTConfig = CONFIG, tokenizer: str = "bytes", seed: int = 0) -> GPT:
+    """A checkpoint as training writes it: Lightning's keys, `model.`-prefixed weights and the `minigpt` entry."""
+    torch.manual_seed(seed)
+    model = GPT(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "epoch": 0,
+        "global_step": 10,
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "minigpt": {"model_config": asdict(config), "tokenizer": tokenizer},
+    }
+    torch.save(ckpt, path)
+    return model
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = sample.main(["--device", "cpu", *argv])
+    except SystemExit as e:  # argparse's errors exit from inside main
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    path = tmp_path / "runs" / "a" / "checkpoints" / "last.ckpt"
+    write_checkpoint(path)
+    return path
+
+
+def test_newest_run_best_then_last(tmp_path):
+    runs = tmp_path / "runs"
+    write_checkpoint(runs / "old" / "checkpoints" / "best.ckpt")
+    write_checkpoint(runs / "new" / "checkpoints" / "last.ckpt")
+    os.utime(runs / "old" / "checkpoints" / "best.ckpt", (1e9, 1e9))
+    assert find_checkpoint(runs) == runs / "new" / "checkpoints" / "last.ckpt"  # the newest run has no best
+    write_checkpoint(runs / "new" / "checkpoints" / "best.ckpt")
+    os.utime(runs / "new" / "checkpoints" / "best.ckpt", (1e9, 1e9))  # best is older than last: still preferred
+    assert find_checkpoint(runs) == runs / "new" / "checkpoints" / "best.ckpt"
+
+
+def test_load_checkpoint_gives_the_trained_weights(ckpt):
+    model, tokenizer = load_checkpoint(ckpt)
+    expected = write_checkpoint(ckpt.parent / "again.ckpt")
+    assert tokenizer == "bytes" and not model.training
+    for (name, value), (_, want) in zip(model.state_dict().items(), expected.state_dict().items(), strict=True):
+        assert torch.equal(value, want), name
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_samples_the_newest_run_with_a_prompt_same_seed_same_text(tmp_path, ckpt, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ("--prompt", "To be", "--max-new-tokens", "20", "--top-p", "0.9")
+    code, out, err = run_main(capsys, *args, "--seed", "3")
+    assert code == 0 and out.startswith("To be") and "runs/a/checkpoints/last.ckpt" in err
+    assert run_main(capsys, *args, "--seed", "3")[1] == out
+    assert run_main(capsys, *args, "--seed", "4")[1] != out
+
+
+def test_several_samples_in_one_batch(ckpt, capsys):
+    code, out, _ = run_main(capsys, "--ckpt", str(ckpt), "--num-samples", "3", "--max-new-tokens", "8")
+    samples = out.split(sample.SEPARATOR)
+    assert code == 0 and len(samples) == 4 and samples[-1] == "\n"  # three samples, each followed by the line
+
+
+def test_prompt_file_longer_than_block_size_slides_the_window(tmp_path, ckpt, capsys):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("long prompt, " * 10, encoding="utf-8")  # 130 tokens, block_size 32
+    code, out, err = run_main(capsys, "--ckpt", str(ckpt), "--prompt-file", str(prompt), "--max-new-tokens", "5")
+    assert code == 0 and out.startswith("long prompt, " * 10) and err.startswith("5 tokens in")
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--ckpt", "{tmp}/missing.ckpt"], "checkpoint {tmp}/missing.ckpt does not exist"),
+        (["--ckpt", "{tmp}/garbage.ckpt"], "checkpoint {tmp}/garbage.ckpt is truncated or not a torch checkpoint"),
+        (["--ckpt", "{tmp}/foreign.ckpt"], "checkpoint {tmp}/foreign.ckpt is not a minigpt checkpoint"),
+        (["--ckpt", "{tmp}/small_vocab.ckpt", "--prompt", "é"], "token id 195, beyond the model's vocab_size=128"),
+        (["--runs-dir", "{tmp}/nothing"], "no checkpoint under {tmp}/nothing/: train one with `python train.py`"),
+        (["--prompt-file", "{tmp}/empty.txt"], "prompt file {tmp}/empty.txt is empty"),
+        (["--prompt", "a<|endoftext|>"], "the prompt contains the special token <|endoftext|>"),
+        (["--top-p", "0"], "top_p=0.0 must be in (0, 1]"),
+        (["--top-p", "1.01"], "top_p=1.01 must be in (0, 1]"),
+        (["--temperature", "-0.1"], "temperature=-0.1 must be >= 0"),
+        (["--top-p", "x"], "argument --top-p: invalid float value: 'x'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, ckpt, capsys, argv, message):
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    write_checkpoint(
+        tmp_path / "small_vocab.ckpt", GPTConfig(vocab_size=128, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    )
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--ckpt" not in argv and "--runs-dir" not in argv:
+        argv += ["--ckpt", str(ckpt)]
+    code, out, err = run_main(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message.format(tmp=tmp_path) in err and err.count("\n") == 1
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--ckpt", str(tmp_path / "none.ckpt"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert (
+        result.stderr == f"error: checkpoint {tmp_path / 'none.ckpt'} does not exist: pass the path of a .ckpt file\n"
+    )
