@@ -1,0 +1,181 @@
+"""The LightningModule around `GPT`: loss, AdamW with a warmup + cosine schedule, and training metrics."""
+
+import math
+import time
+from dataclasses import asdict
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import get_available_flops
+from torchmetrics import MeanMetric
+
+from minigpt.model import GPT, GPTConfig
+
+
+class GPTModule(L.LightningModule):
+    def __init__(
+        self,
+        vocab_size: int = 257,
+        block_size: int = 256,
+        n_layer: int = 6,
+        n_head: int = 6,
+        n_embd: int = 384,
+        dropout: float = 0.0,
+        bias: bool = True,
+        learning_rate: float = 1e-3,
+        min_lr: float = 1e-4,
+        warmup_steps: int = 100,
+        decay_steps: int | None = None,
+        weight_decay: float = 0.1,
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        compile: bool = False,
+        tokenizer: str = "bytes",
+    ):
+        """A GPT and how it is optimised.
+
+        Args:
+            vocab_size: Token ids the model covers; linked from the data's tokenizer, never typed.
+            block_size: Context length in tokens; the data's windows use the same.
+            n_layer: Transformer blocks.
+            n_head: Attention heads per block; must divide n_embd.
+            n_embd: Width of the residual stream.
+            dropout: Dropout rate (0 for large data, ~0.2 for small data like Tiny Shakespeare).
+            bias: Biases in linear layers and LayerNorms, as GPT-2.
+            learning_rate: Peak learning rate, reached after the warmup.
+            min_lr: Learning rate at the end of the cosine decay (and after it).
+            warmup_steps: Optimizer steps of linear warmup from 0 to learning_rate.
+            decay_steps: Optimizer step where the cosine decay reaches min_lr; defaults to trainer.max_steps.
+            weight_decay: AdamW weight decay, applied to matrices and embeddings only.
+            beta1: AdamW beta1.
+            beta2: AdamW beta2 (0.99 for small models trained briefly, 0.95 for GPT-2 sizes).
+            compile: Compile the GPT with torch.compile (the Lightning module itself stays eager).
+            tokenizer: Tokenizer name, linked from the data; stored in checkpoints for sample.py.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = GPTConfig(
+            vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+            dropout=dropout, bias=bias,
+        )  # fmt: skip
+        if min_lr > learning_rate:
+            raise ValueError(f"min_lr={min_lr} is above learning_rate={learning_rate}: set min_lr <= learning_rate")
+        self.model = GPT(self.config)
+        if compile:
+            # Module.compile() compiles in place: parameter names (and checkpoint keys) stay those of GPT,
+            # with no `_orig_mod.` prefix, so checkpoints load with or without compile.
+            self.model.compile()
+        self.flops_per_token = flops_per_token(self.model, block_size)
+        self.val_loss = MeanMetric()
+        # A device-side flag set when a loss is NaN/inf; read only where Lightning syncs anyway (logging, saving),
+        # so the training step itself never waits on the GPU.
+        self.register_buffer("_nonfinite_loss", torch.zeros((), dtype=torch.bool), persistent=False)
+        self._throughput_t0: float | None = None
+        self._throughput_step0 = -1
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    # --- steps --------------------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch  # (B, T) each
+        _, loss = self.model(x, y)
+        self._nonfinite_loss |= ~torch.isfinite(loss.detach())
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.val_loss.update(loss)
+
+    def on_validation_epoch_end(self) -> None:
+        val_loss = self.val_loss.compute()  # synced across ranks by torchmetrics
+        self.val_loss.reset()
+        self.log("val/loss", val_loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(val_loss))
+
+    # --- throughput and health, once per logging interval ---------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.trainer.global_step  # optimizer steps; the same for every micro-batch of one step
+        if step % self.trainer.log_every_n_steps != 0 or step == self._throughput_step0:
+            return
+        self._check_loss_is_finite()
+        tokens_per_step = batch[0].numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        self.log("train/tokens", float(step * tokens_per_step))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        now = time.perf_counter()
+        if self._throughput_t0 is not None:
+            # Wall time over a whole logging interval: no per-step device sync, queued GPU work evens out.
+            tokens_per_sec = (step - self._throughput_step0) * tokens_per_step / (now - self._throughput_t0)
+            self.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True)
+            peak = self._peak_flops_per_device()
+            if peak:
+                self.log("train/mfu", tokens_per_sec * self.flops_per_token / (peak * self.trainer.world_size))
+        self._throughput_t0, self._throughput_step0 = now, step
+
+    def _peak_flops_per_device(self) -> float | None:
+        """Peak FLOP/s of one device at the training precision, when Lightning knows it (GPUs only)."""
+        if self.device.type != "cuda":
+            return None
+        dtype = torch.bfloat16 if "bf16" in str(self.trainer.precision) else torch.float32
+        return get_available_flops(self.device, dtype)
+
+    def _check_loss_is_finite(self) -> None:
+        if self._nonfinite_loss.item():
+            raise FloatingPointError(
+                f"the training loss became NaN or infinite by step {self.trainer.global_step}: lower "
+                "model.learning_rate or raise model.warmup_steps; the last good checkpoint is kept"
+            )
+
+    def on_validation_start(self) -> None:
+        self._check_loss_is_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Never write a checkpoint of weights a non-finite loss has touched.
+        self._check_loss_is_finite()
+        # What sample.py needs, in plain types (loadable with torch.load(weights_only=True)).
+        checkpoint["minigpt"] = {"model_config": asdict(self.config), "tokenizer": self.hparams.tokenizer}
+
+    # --- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        # nanoGPT's rule: every matrix decays (attention/MLP weights and both embedding tables, the token table
+        # being also the LM head); biases and LayerNorm gains do not, as decaying them only hurts.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=hp.learning_rate,
+            betas=(hp.beta1, hp.beta2),
+            fused=self.device.type == "cuda",  # one kernel for all parameters on GPU
+        )
+        decay_steps = hp.decay_steps or self.trainer.max_steps
+        if decay_steps is None or decay_steps < 1:
+            raise ValueError("set trainer.max_steps (or model.decay_steps) so the learning-rate schedule has an end")
+        schedule = warmup_cosine(hp.warmup_steps, decay_steps, hp.min_lr / hp.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def flops_per_token(model: GPT, T: int) -> float:
+    """Training FLOPs per token, nanoGPT's estimate: 6N (matmuls, forward + backward) + 12·L·C·T (attention)."""
+    cfg = model.config
+    return 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+def warmup_cosine(warmup_steps: int, decay_steps: int, min_ratio: float):
+    """Multiplier of the peak learning rate at optimizer step `step`: linear warmup, cosine decay, then flat."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if step >= decay_steps:
+            return min_ratio
+        progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+        return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+
+    return multiplier

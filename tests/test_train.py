@@ -1,0 +1,265 @@
+"""train.py end to end on tiny models: run directory, checkpoints, W&B offline, resume, faults and bad input."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from minigpt.cli import MiniGPTCLI, main
+from minigpt.model import GPT
+from minigpt.module import GPTModule, flops_per_token, warmup_cosine
+from tests.wandb_records import config_and_history
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+# A model and run small enough for a few seconds on a CPU; every run below starts from these.
+TINY = [
+    "--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16", "--model.block_size", "16",
+    "--model.warmup_steps", "2", "--data.batch_size", "4", "--data.val_batches", "2",
+    "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0",
+    "--logger", "false", "--sample_tokens", "20",
+]  # fmt: skip
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Runs write runs/ and data/ under a fresh temporary directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def train(*args: str) -> int:
+    return main([*TINY, *args])
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+# --- configs ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_through_the_cli_parser(config, capsys):
+    assert main(["--config", str(config), "--print_config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["n_embd"] % resolved["model"]["n_head"] == 0
+    assert resolved["data"]["tokenizer"] in ("bytes", "gpt2")
+    assert resolved["trainer"]["max_steps"] > 0
+
+
+def test_vocab_size_and_tokenizer_flow_from_data_to_model(in_tmp):
+    cli = MiniGPTCLI([*TINY, "--data.tokenizer", "bytes", "--model.block_size", "24"])
+    assert cli.model.config.vocab_size == cli.datamodule.vocab_size == 257
+    assert cli.model.hparams.tokenizer == "bytes"
+    assert cli.datamodule.block_size == 24
+
+
+# --- a whole run -----------------------------------------------------------------------------------------
+def test_train_writes_run_directory_checkpoints_metrics_and_sample(in_tmp, capsys):
+    assert train("--name", "r", "--logger", "csv") == 0
+    out = capsys.readouterr().out
+    run = in_tmp / "runs" / "r"
+    assert "run directory: runs/r" in out and "sample (20 tokens" in out
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["n_embd"] == 16
+
+    for name in ("last.ckpt", "best.ckpt"):
+        ckpt = load(run / "checkpoints" / name)  # plain types only: loads with weights_only=True
+        assert ckpt["minigpt"]["tokenizer"] == "bytes"
+        assert ckpt["minigpt"]["model_config"]["vocab_size"] == 257
+        assert all(key.startswith("model.") and "_orig_mod" not in key for key in ckpt["state_dict"])
+    assert load(run / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for metric in ("train/loss", "val/loss", "val/ppl", "train/lr", "train/tokens", "train/tokens_per_sec"):
+        assert metric in header
+
+
+def test_wandb_offline_run_holds_hyperparameters_config_and_metrics(in_tmp, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert train("--name", "w", "--logger", "wandb") == 0
+    assert "wandb sync runs/w/wandb/offline-run-" in capsys.readouterr().out
+    (offline_run,) = (in_tmp / "runs" / "w" / "wandb").glob("offline-run-*")
+    (run_file,) = offline_run.glob("*.wandb")
+    config, history = config_and_history(run_file)
+    assert config["n_embd"] == 16 and config["tokenizer"] == "bytes"  # the module's hyperparameters
+    assert config["config"]["model"]["n_layer"] == 1  # the resolved CLI config
+    assert config["config"]["trainer"]["max_steps"] == 6
+    logged = {key for row in history for key in row}
+    assert {"train/loss", "val/loss", "val/ppl", "train/lr", "train/tokens", "train/tokens_per_sec"} <= logged
+    assert all(math.isfinite(row["val/loss"]) for row in history if "val/loss" in row)
+
+
+# --- resume ----------------------------------------------------------------------------------------------
+def test_resume_continues_like_an_uninterrupted_run(in_tmp):
+    """8 steps in one go vs 4 steps, stop, resume to 8: same step, schedule position, data and weights."""
+    schedule = ["--model.decay_steps", "8", "--model.warmup_steps", "2"]
+    assert train("--name", "whole", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4", *schedule) == 0
+    assert train("--name", "split", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", *schedule) == 0
+    assert load(in_tmp / "runs/split/checkpoints/last.ckpt")["global_step"] == 4
+    assert (
+        train("--name", "split", "--ckpt_path", "last", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4",
+              *schedule) == 0
+    )  # fmt: skip
+
+    whole, split = (load(in_tmp / f"runs/{name}/checkpoints/last.ckpt") for name in ("whole", "split"))
+    assert whole["global_step"] == split["global_step"] == 8
+    assert whole["lr_schedulers"][0]["last_epoch"] == split["lr_schedulers"][0]["last_epoch"] == 8
+    assert whole["lr_schedulers"][0]["_last_lr"] == pytest.approx(split["lr_schedulers"][0]["_last_lr"])
+    for key, value in whole["state_dict"].items():
+        torch.testing.assert_close(split["state_dict"][key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_resume_last_without_name_picks_the_newest_run(in_tmp):
+    assert train("--name", "old") == 0
+    assert train("--name", "new") == 0
+    os.utime(in_tmp / "runs/old/checkpoints/last.ckpt", (1, 1))  # make "new" unambiguously the newest
+    assert train("--ckpt_path", "last", "--trainer.max_steps", "9") == 0
+    assert load(in_tmp / "runs/new/checkpoints/last.ckpt")["global_step"] == 9
+
+
+# --- faults ----------------------------------------------------------------------------------------------
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(in_tmp, capsys, monkeypatch):
+    forward = GPT.forward
+    calls = {"train": 0}
+
+    def poisoned_after_four_steps(self, idx, targets=None, **kwargs):
+        logits, loss = forward(self, idx, targets, **kwargs)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] > 4:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned_after_four_steps)
+    assert train("--name", "nan", "--trainer.max_steps", "20") == 1
+    assert "NaN or infinite" in capsys.readouterr().err
+    last = load(in_tmp / "runs/nan/checkpoints/last.ckpt")
+    assert last["global_step"] == 3  # the validation before the NaN; nothing written after it
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_sigint_saves_last_checkpoint_before_exiting(tmp_path):
+    args = [*TINY, "--name", "int", "--trainer.max_steps", "100000", "--trainer.val_check_interval", "3"]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    for line in proc.stdout:  # wait until training is under way
+        output.append(line)
+        if line.startswith("step 6/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    output.append(proc.stdout.read())
+    proc.wait(timeout=60)
+    text = "".join(output)
+    assert "interrupted at step" in text, text
+    step = load(tmp_path / "runs/int/checkpoints/last.ckpt")["global_step"]
+    assert step >= 6 and f"interrupted at step {step}" in text
+
+
+# --- bad input: one line on stderr, exit code 2 --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--model.n_layer", "two"], "model.n_layer"),
+        (["--model.no_such_key", "1"], "no_such_key"),
+        (["--config", "missing.yaml"], "missing.yaml"),
+        (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
+        (["--ckpt_path", "last"], "no last.ckpt"),
+        (["--model.n_embd", "30", "--model.n_head", "4"], "n_embd=30"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(in_tmp, capsys, args, expected):
+    assert train(*args) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+    assert not (in_tmp / "runs").exists() or not list((in_tmp / "runs").glob("*/checkpoints/*.ckpt"))
+
+
+def test_yaml_syntax_error_and_unknown_config_key(in_tmp, capsys):
+    (in_tmp / "broken.yaml").write_text("model:\n  n_layer: [\n")
+    (in_tmp / "unknown.yaml").write_text("model:\n  n_layerz: 3\n")
+    assert train("--config", "broken.yaml") == 2
+    one_error_line(capsys.readouterr().err)
+    assert train("--config", "unknown.yaml") == 2
+    assert "n_layerz" in one_error_line(capsys.readouterr().err)
+
+
+def test_resume_from_another_model_shape_is_refused(in_tmp, capsys):
+    assert train("--name", "small") == 0
+    capsys.readouterr()
+    assert train("--name", "small", "--ckpt_path", "last", "--model.n_embd", "32") == 2
+    assert "n_embd=16 (this run: 32)" in one_error_line(capsys.readouterr().err)
+
+
+# --- DDP -------------------------------------------------------------------------------------------------
+def test_ddp_two_cpu_processes_see_different_batches(tmp_path):
+    args = [
+        *TINY, "--name", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp", "--trainer.callbacks+=tests.probes.RecordBatches",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = ((tmp_path / f"batches-rank{r}.txt").read_text().split() for r in (0, 1))
+    assert len(rank0) == len(rank1) == 6
+    assert not set(rank0) & set(rank1)
+    assert load(tmp_path / "runs/ddp/checkpoints/last.ckpt")["global_step"] == 6
+
+
+# --- the module's parts ----------------------------------------------------------------------------------
+def test_compiled_and_eager_modules_share_checkpoint_keys():
+    small = dict(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    eager, compiled = GPTModule(**small), GPTModule(**small, compile=True)
+    assert set(eager.state_dict()) == set(compiled.state_dict())
+    assert not any("_orig_mod" in key for key in compiled.state_dict())
+    compiled.load_state_dict(eager.state_dict())
+    eager.load_state_dict(compiled.state_dict())
+
+
+def test_adamw_groups_decay_matrices_only():
+    module = GPTModule(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=8, decay_steps=10)
+    optimizer = module.configure_optimizers()["optimizer"]
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    grouped = {id(p) for group in (decay, no_decay) for p in group["params"]}
+    assert grouped == {id(p) for p in module.model.parameters()}  # each parameter once (tied head included)
+
+
+def test_warmup_then_cosine_to_min_lr():
+    multiplier = warmup_cosine(warmup_steps=10, decay_steps=110, min_ratio=0.1)
+    assert multiplier(0) == pytest.approx(1 / 11)
+    assert [multiplier(s) for s in range(10)] == sorted(multiplier(s) for s in range(10))
+    assert multiplier(10) == pytest.approx(1.0)
+    assert multiplier(60) == pytest.approx(0.55)
+    assert multiplier(110) == multiplier(500) == pytest.approx(0.1)
+    after = [multiplier(s) for s in range(10, 111)]
+    assert after == sorted(after, reverse=True)
+
+
+def test_flops_per_token_matches_nanogpt_numbers():
+    """DESIGN.md: GPT-2 124M at T=1024 is 854.8 MFLOP/token (6N + 12·L·C·T)."""
+    gpt2 = GPTModule(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    assert flops_per_token(gpt2.model, 1024) / 1e6 == pytest.approx(854.8, rel=1e-3)
