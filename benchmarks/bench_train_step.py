@@ -1,0 +1,213 @@
+"""Training step throughput: tokens/s and MFU of forward + backward + AdamW, eager vs torch.compile variants.
+
+The step is the one `train.py` runs, without Lightning's loop around it: the model and optimizer settings of a
+config file, `GPTModule`'s GPT, its AdamW (two parameter groups, fused on GPU) and warmup-cosine schedule from
+`configure_optimizers`, gradient clipping, bf16 autocast on GPU (Lightning's bf16-mixed), float32 on CPU. Batches
+are random tokens in pinned host memory, copied with non_blocking=True per micro-batch as Lightning does with the
+DataLoader's pinned batches. Nothing in the step waits for the device (except in the `sync-per-step` variant).
+The variants live side by side and are timed interleaved, a round of optimizer steps each in turn.
+
+    python benchmarks/bench_train_step.py                           # CPU: both configs, small micro-batches
+    python benchmarks/bench_train_step.py --device cuda             # the configs' batch and accumulation
+    python benchmarks/bench_train_step.py --device cuda --configs 124m --micro-batch 8 --accum 1   # 24 GB fit
+    python benchmarks/bench_train_step.py --quick                   # baby, tiny shapes, eager (a smoke test)
+
+MFU uses nanoGPT's FLOP count (6N + 12·L·C·T per token, of the unpadded model) over a dense bf16 peak (989
+TFLOP/s on H100/H200; --peak-tflops for other devices). "first step" is the first optimizer step's time,
+compilation included; the throughput is measured after --warmup steps.
+"""
+
+import argparse
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import torch
+import yaml
+from common import REPO, header, peak_flops, print_table, synchronize, time_interleaved
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from minigpt.module import GPTModule
+
+CONFIGS = {"baby": REPO / "configs" / "shakespeare_char.yaml", "124m": REPO / "configs" / "gpt2_124m.yaml"}
+VOCAB_SIZES = {"bytes": 257, "gpt2": 50257}  # the tokenizers' sizes, without loading them (gpt2's BPE is online)
+CPU_MICRO_BATCH = {"baby": 8, "124m": 1}  # on CPU a step of the configs' batch takes minutes
+VARIANTS = {
+    "eager": {},
+    "eager-math-sdpa": {"sdpa": SDPBackend.MATH},  # attention without a fused kernel: what flash buys
+    "eager-cudnn-sdpa": {"sdpa": SDPBackend.CUDNN_ATTENTION},  # cuDNN's fused attention (GPU only)
+    "compile": {"mode": "default"},
+    "compile-cudagraphs": {"mode": "reduce-overhead"},  # CUDA graphs for forward and backward
+    "compile-autotune": {"mode": "max-autotune-no-cudagraphs"},
+    "compile-max": {"mode": "max-autotune"},  # autotuned kernels and CUDA graphs
+    "padded-vocab": {"mode": "default", "pad_vocab": 128},  # vocab rounded up to a multiple of 128
+    "foreach-adamw": {"mode": "default", "fused": False},  # AdamW's multi-tensor path instead of the fused kernel
+    "pageable-copy": {"mode": "default", "pinned": False},  # batches copied from pageable host memory
+    "sync-per-step": {"mode": "default", "sync": True},  # loss.item() after every step, as a progress bar would
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="default: both (baby alone with --quick)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="default: eager compile (eager with --quick)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["bf16-mixed", "32"], help="default: bf16-mixed on GPU, 32 on CPU")
+    parser.add_argument("--tf32", action="store_true", help="TF32 for float32 matmuls (torch.backends)")
+    parser.add_argument("--micro-batch", type=int, help="sequences per micro-batch (default: the config's on GPU)")
+    parser.add_argument("--accum", type=int, help="micro-batches per optimizer step (default: the config's on GPU)")
+    parser.add_argument("--block-size", type=int, help="sequence length T (default: the config's)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per round (default: ~1M tokens on GPU, 1 on CPU)")
+    parser.add_argument("--rounds", type=int, help="timed rounds per variant (default: 5 on GPU, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (compilation, CUDA graphs); 3 on GPU, 2 on CPU")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 with --quick)")
+    parser.add_argument("--peak-tflops", type=float, help="peak FLOP/s for MFU (default: 989 on H100/H200)")
+    parser.add_argument("--quick", action="store_true", help="baby, T=64, micro-batch 2, eager, 1 thread (smoke test)")
+    args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
+    if args.quick:
+        args.configs, args.variants = args.configs or ["baby"], args.variants or ["eager"]
+        args.block_size, args.micro_batch, args.accum, args.steps, args.rounds, args.warmup = 64, 2, 1, 1, 3, 1
+        args.threads = args.threads or 1  # a busy machine stalls two threads at every barrier, not one
+    args.configs, args.variants = args.configs or list(CONFIGS), args.variants or ["eager", "compile"]
+    args.precision = args.precision or ("bf16-mixed" if gpu else "32")
+    args.rounds = args.rounds or (5 if gpu else 3)
+    args.warmup = args.warmup or (3 if gpu else 2)
+    return args
+
+
+def load_config(name: str, args: argparse.Namespace) -> tuple[dict, int, int, float]:
+    """GPTModule's arguments, the micro-batch, the accumulation and the clipping of a config file."""
+    cfg = yaml.safe_load(CONFIGS[name].read_text())
+    trainer, data = cfg["trainer"], cfg["data"]
+    hparams = {**cfg["model"], "vocab_size": VOCAB_SIZES[data["tokenizer"]], "compile": False}
+    hparams["decay_steps"] = trainer["max_steps"]  # so configure_optimizers needs no Trainer
+    if args.block_size:
+        hparams["block_size"] = args.block_size
+    gpu = args.device.startswith("cuda")
+    micro_batch = args.micro_batch or (data["batch_size"] if gpu else CPU_MICRO_BATCH[name])
+    accum = args.accum or (trainer.get("accumulate_grad_batches", 1) if gpu else 1)
+    return hparams, micro_batch, accum, trainer.get("gradient_clip_val") or 0.0
+
+
+def token_batches(
+    vocab: int, B: int, T: int, device: torch.device, pin: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (x, y) batches of random tokens, cycled from a few host buffers, copied without blocking."""
+    host = [torch.randint(0, vocab, (2, B, T)) for _ in range(4)]  # x and y of 4 batches
+    host = [h.pin_memory() if pin else h for h in host]
+    for xy in itertools.cycle(host):
+        yield xy[0].to(device, non_blocking=True), xy[1].to(device, non_blocking=True)  # (B, T) each
+
+
+def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: float, args) -> Callable[[], None]:
+    """A fresh GPT, optimizer and schedule for one variant, and the function that runs one optimizer step."""
+    spec = VARIANTS[variant]
+    device = torch.device(args.device)
+    vocab = hparams["vocab_size"]
+    padded = math.ceil(vocab / spec["pad_vocab"]) * spec["pad_vocab"] if "pad_vocab" in spec else vocab
+    torch.manual_seed(0)
+    module = GPTModule(**{**hparams, "vocab_size": padded}).to(device)
+    model = module.model
+    if "mode" in spec:
+        model.compile(mode=spec["mode"])  # in place, as GPTModule(compile=True) does
+    optimizers = module.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    if not spec.get("fused", True):
+        for group in optimizer.param_groups:  # read by every step(), before any optimizer state exists
+            group["fused"], group["foreach"] = False, True
+    # Targets stay in the real vocabulary. Pinned as the DataLoader pins on GPU: from pageable memory the copy may
+    # wait for the work queued before it.
+    pin = device.type == "cuda" and spec.get("pinned", True)
+    batches = token_batches(vocab, micro_batch, hparams["block_size"], device, pin)
+    bf16 = args.precision == "bf16-mixed"
+    # The backward runs the kernel its forward picked, so the forward alone needs the choice.
+    attention = partial(sdpa_kernel, spec["sdpa"]) if "sdpa" in spec else contextlib.nullcontext
+
+    def step() -> None:
+        for _ in range(accum):
+            x, y = next(batches)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), attention():
+                _, loss = model(x, y)
+            (loss / accum).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if spec.get("sync"):
+            loss.item()
+
+    return step
+
+
+def measure(name: str, args: argparse.Namespace, peak: float | None) -> tuple[list[list[str]], list[str]]:
+    """Build every variant of one config, warm each up, time them interleaved: table rows and summary parts."""
+    device = torch.device(args.device)
+    hparams, micro_batch, accum, clip = load_config(name, args)
+    with torch.device("meta"):
+        flops_per_token = GPTModule(**hparams).flops_per_token  # of the unpadded model, as nanoGPT counts
+    T = hparams["block_size"]
+    tokens_per_step = accum * micro_batch * T
+    # A round long enough to time with a host clock: about 2**20 tokens on a GPU (a few to a hundred steps).
+    n_steps = args.steps or (math.ceil(2**20 / tokens_per_step) if device.type == "cuda" else 1)
+    print(
+        f"\n{name}: T={T}, micro-batch {micro_batch} x {accum}, {flops_per_token / 1e6:.1f} MFLOP/token, "
+        f"{n_steps} steps per round"
+    )
+
+    rounds, first_step, memory = {}, {}, {}
+    for variant in args.variants:
+        synchronize(device)
+        baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step = build_step(variant, hparams, micro_batch, accum, clip, args)
+        first_step[variant] = time_interleaved({variant: step}, device, repeats=1, warmup=0)[variant].median
+        for _ in range(args.warmup - 1):
+            step()
+        synchronize(device)
+        if device.type == "cuda":  # this variant's own peak: the earlier variants' memory is held constant
+            memory[variant] = (torch.cuda.max_memory_allocated(device) - baseline) / 2**30
+        rounds[variant] = lambda step=step: [step() for _ in range(n_steps)]
+        print(f"  {variant}: first step {first_step[variant]:.1f} s")
+
+    times = time_interleaved(rounds, device, repeats=args.rounds, warmup=0)
+    base = times[args.variants[0]].median
+    rows, summary = [], []
+    for variant, t in times.items():
+        rate = n_steps * tokens_per_step / t.median
+        mfu = f"{rate * flops_per_token / peak:.1%}" if peak else "-"
+        mem = f"{memory[variant]:.1f}" if variant in memory else "-"
+        rows.append(
+            [name, variant, f"{rate:,.0f}", f"±{t.spread:.0%}", mfu, f"{base / t.median:.2f}x",
+             f"{first_step[variant]:.1f}", mem]
+        )  # fmt: skip
+        summary.append(f"{name} {variant} {rate:,.0f} tok/s" + (f" {mfu} MFU" if peak else ""))
+    return rows, summary
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
+    print(header(device, args.precision) + f"  tf32 {'on' if args.tf32 else 'off'}")
+    peak = peak_flops(device, args.peak_tflops)
+    rows, summary = [], []
+    for name in args.configs:
+        config_rows, config_summary = measure(name, args, peak)
+        rows += config_rows
+        summary += config_summary
+
+    print(f"\nmedian of {args.rounds} interleaved rounds; speed-up vs {args.variants[0]}")
+    print_table(["config", "variant", "tokens/s", "spread", "MFU", "speed-up", "first step s", "peak GiB"], rows)
+    print("summary: " + "; ".join(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Helpers the benchmarks share: a header naming the machine, interleaved timing with medians, MFU, a table."""
+
+import datetime
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# Dense bf16 peak of the H100 and H200 SXM (datasheet); about 790 TFLOP/s is what an 8192³ matmul reaches there.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def header(device: torch.device, dtype: torch.dtype | str) -> str:
+    """One line that says where and how the numbers were taken, for RESULTS.md."""
+    dtype = str(dtype).removeprefix("torch.")
+    return f"{datetime.date.today()}  torch {torch.__version__}  {device_name(device)}  {dtype}"
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """Peak FLOP/s for MFU: the override, else the bf16 peak of a known GPU, else None (MFU not shown)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timing:
+    """Seconds of repeated runs of one thing: the median, and the spread (half the interquartile range)."""
+
+    def __init__(self, seconds: list[float]):
+        self.seconds = seconds
+        self.median = statistics.median(seconds)
+        if len(seconds) >= 4:
+            q1, _, q3 = statistics.quantiles(seconds, n=4)
+        else:
+            q1, q3 = min(seconds), max(seconds)
+        self.spread = (q3 - q1) / 2 / self.median  # relative; a ratio inside it is noise
+
+    def __str__(self) -> str:
+        return f"{self.median * 1e3:.2f} ms ±{self.spread:.0%}"
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+) -> dict[str, Timing]:
+    """Time each function `repeats` times, one call of each per round, so load changes hit all of them alike.
+
+    The order rotates every round (no function always runs first); the device is synchronized around every call,
+    so a call's time is its whole work. Warm-up calls (compilation, allocator growth, caches) are not timed.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    names = list(fns)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            synchronize(device)
+            start = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(s) for name, s in seconds.items()}
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    """A plain text table: columns of numbers right-aligned, columns with words left-aligned."""
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    words = [any(row[i][:1].isalpha() for row in cells[1:]) for i in range(len(headers))]
+    for row in cells:
+        line = "  ".join(c.ljust(w) if left else c.rjust(w) for c, w, left in zip(row, widths, words, strict=True))
+        print(line.rstrip())
