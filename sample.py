@@ -3,6 +3,7 @@
     python sample.py                                   # the newest run under runs/: best.ckpt, else last.ckpt
     python sample.py --ckpt runs/x/checkpoints/last.ckpt --prompt "ROMEO:" --num-samples 3
     python sample.py --init-from gpt2 --prompt "Hello, I'm a language model," --top-p 0.9
+    python sample.py --prompt "def f(x):" --attention-map maps.png  # maps-layer0.png, ...: no text generated
 
 The tokenizer and model shape come from the checkpoint. Prompts may not contain special tokens; an empty prompt
 starts from <|endoftext|>.
@@ -12,12 +13,15 @@ import argparse
 import random
 import sys
 import time
+from pathlib import Path
 
+import tiktoken
 import torch
 
 from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, stream
 from minigpt.model import GPT
+from minigpt.plots import head_summaries, probe_attention, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on a GPU that has it, else float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, fast steps)")
+    parser.add_argument(
+        "--attention-map",
+        metavar="OUT.png",
+        help="instead of generating, draw the prompt's attention: one PNG per layer, OUT-layer0.png, "
+        "OUT-layer1.png, ... (a grid of the layer's heads), and print each head's entropy and shares of "
+        "attention on the previous and first token",
+    )
     return parser.parse_args(argv)
 
 
@@ -110,6 +121,9 @@ def run(args: argparse.Namespace) -> None:
             f"{model.config.vocab_size}: the checkpoint's tokenizer and model do not match"
         )
     model.to(device=device, dtype=dtype)
+    if args.attention_map is not None:
+        write_attention_maps(model, enc, ids, Path(args.attention_map), source)
+        return
     if args.compile:
         model.compile()  # in place, so the model keeps its methods (the KV cache setup)
 
@@ -144,6 +158,27 @@ def run(args: argparse.Namespace) -> None:
         f"{n_new} tokens in {seconds:.2f} s ({n_new / seconds:.1f} tokens/s) from {source} on {device}, seed {seed}",
         file=sys.stderr,
     )
+
+
+def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out: Path, source: str) -> None:
+    """--attention-map: the prompt's attention figures, out-layer<L>.png, and a table of per-head summaries."""
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--attention-map {out}: name a .png file (layer L goes to {out.stem}-layer<L>.png)")
+    if len(ids) < 2:
+        raise ValueError("--attention-map needs a prompt of at least 2 tokens: pass --prompt TEXT")
+    weights, cropped = probe_attention(model, ids)
+    if cropped:
+        print(f"note: the prompt is {cropped}", file=sys.stderr)
+    note = ", ".join(filter(None, [source, cropped and f"prompt {cropped}"]))
+    ids = ids[: model.config.block_size]
+    labels = token_labels(enc, ids)
+    paths = save_layer_maps(weights, labels, lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note)
+    print(f"{'layer':>5} {'head':>4} {'entropy':>8} {'prev_token':>10} {'first_token':>11}")
+    for layer, w in enumerate(weights):
+        summary = torch.stack(list(head_summaries(w).values()), dim=1)  # (nh, 3): entropy, prev, first
+        for head, (entropy, prev, first) in enumerate(summary.tolist()):
+            print(f"{layer:>5} {head:>4} {entropy:>8.3f} {prev:>10.3f} {first:>11.3f}")
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,14 @@
-"""Training callbacks: a plain progress line for non-interactive logs, and a checkpoint on Ctrl-C."""
+"""Training callbacks: a plain progress line for non-interactive logs, a checkpoint on Ctrl-C, attention maps."""
 
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from minigpt.generate import encode_prompt
+from minigpt.plots import MAX_DRAWN_TOKENS, head_summaries, probe_attention, save_layer_maps, token_labels
+from minigpt.tokenizer import get_tokenizer
 
 
 class PrintProgress(L.Callback):
@@ -37,3 +42,102 @@ class SaveLastOnInterrupt(L.Callback):
         if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)
             print(f"interrupted at step {trainer.global_step}: saved {self.path}", flush=True)
+
+
+class AttentionMaps(L.Callback):
+    """Attention of the model on a fixed probe text, every few validation runs and at the end of training.
+
+    Each time, the model reads the probe with its attention weights returned (in eval mode, without gradients;
+    training itself keeps the fused attention kernel) and the callback writes:
+
+    - one PNG per layer, `<run dir>/attention/step-<step>/layer-<L>.png`: a grid of its heads' heatmaps;
+    - the same images to W&B under `attention_maps/layer<L>` when the logger is a `WandbLogger`;
+    - per head, `attention/layer<L>.head<H>/{entropy,prev_token,first_token}` to the logger: the mean entropy of
+      its attention (nats), and the shares of attention on the previous and on the first token.
+    """
+
+    def __init__(self, every_n_validations: int = 10, at_train_end: bool = True, probe: str | None = None):
+        """
+        Args:
+            every_n_validations: Draw at every n-th validation run; 0 draws only at the end of training.
+            at_train_end: Draw once more when training ends (unless the last validation run just drew).
+            probe: Text the model reads; None takes the first 64 tokens of the validation split, so the probe
+                is fixed for a dataset. A probe longer than the model's block_size is cropped to it.
+        """
+        if every_n_validations < 0:
+            raise ValueError(
+                f"attention_maps.every_n_validations={every_n_validations} must be >= 0 (0: only at the end)"
+            )
+        self.every_n_validations = every_n_validations
+        self.at_train_end = at_train_end
+        self.probe = probe
+        self.ids: list[int] = []  # the probe's tokens, set up when fitting starts
+        self.labels: list[str] = []
+        self.note = ""
+        self._validations = 0
+        self._drawn_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        data = trainer.datamodule
+        enc = get_tokenizer(pl_module.hparams.tokenizer)  # the model's, linked from the data's
+        if self.probe is None:
+            if data is None or "val" not in getattr(data, "data", {}):
+                raise ValueError("attention_maps.probe is not set and there is no validation split to take it from")
+            ids = data.data["val"][:MAX_DRAWN_TOKENS].tolist()  # the datamodule's setup has mapped the split
+        else:
+            try:
+                ids = encode_prompt(enc, self.probe)
+            except ValueError as e:  # name the setting: the message itself speaks of a prompt
+                raise ValueError(f"attention_maps.probe: {e}") from None
+        block_size = pl_module.model.config.block_size
+        if len(ids) > block_size:
+            # The model has no positions beyond block_size: say so once; probe_attention draws what fits.
+            self.note = f"probe cropped from {len(ids)} to block_size={block_size} tokens"
+            if trainer.is_global_zero:
+                print(f"attention maps: {self.note}", flush=True)
+            ids = ids[:block_size]
+        if len(ids) < 2:
+            raise ValueError(f"attention_maps.probe={self.probe!r} is {len(ids)} token: give at least 2 tokens")
+        self.ids, self.labels = ids, token_labels(enc, ids)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._validations += 1
+        if self.every_n_validations and self._validations % self.every_n_validations == 0:
+            self.draw(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_train_end and trainer.global_step != self._drawn_step:
+            self.draw(trainer, pl_module)
+
+    # Saved in checkpoints, so a resumed run draws at the same validation runs as an uninterrupted one.
+    def state_dict(self) -> dict:
+        return {"validations": self._validations}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._validations = state_dict["validations"]
+
+    @rank_zero_only
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Path]:
+        """Run the probe; save and log its maps, and log its per-head scalars. The PNGs written."""
+        step = trainer.global_step
+        weights, _ = probe_attention(pl_module.model, self.ids)  # ids already fit block_size
+        out_dir = Path(trainer.default_root_dir) / "attention" / f"step-{step:06d}"
+        note = ", ".join(filter(None, [f"step {step}", self.note]))
+        paths = save_layer_maps(weights, self.labels, lambda layer: out_dir / f"layer-{layer}.png", note)
+        scalars = {
+            f"attention/layer{layer}.head{head}/{name}": value
+            for layer, w in enumerate(weights)
+            for name, values in head_summaries(w).items()
+            for head, value in enumerate(values.tolist())
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+            if isinstance(logger, WandbLogger):
+                for layer, path in enumerate(paths):
+                    logger.log_image(f"attention_maps/layer{layer}", [str(path)], step=step, caption=[note])
+        self._drawn_step = step
+        return paths

@@ -19,9 +19,11 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from minigpt.callbacks import PrintProgress, SaveLastOnInterrupt
+from minigpt.callbacks import AttentionMaps, PrintProgress, SaveLastOnInterrupt
 from minigpt.checkpoint import load_checkpoint
+from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.data import TextDataModule
 from minigpt.generate import encode_prompt, generate
 from minigpt.module import GPTModule
@@ -80,9 +82,7 @@ class MiniGPTCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--name", type=str | None, default=None, help="Run name: its directory is runs_dir/name."
-        )
+        parser.add_argument("--name", type=str | None, default=None, help="Run name: its directory is runs_dir/name.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Where run directories are created.")
         parser.add_argument(
             "--ckpt_path",
@@ -98,6 +98,8 @@ class MiniGPTCLI(LightningCLI):
         )
         parser.add_argument("--sample_tokens", type=int, default=300, help="Tokens of text printed after training.")
         parser.add_argument("--sample_prompt", type=str, default="", help="Prompt of that sample.")
+        # Configurable as attention_maps.* in YAML and on the command line; LightningCLI adds it to the callbacks.
+        parser.add_lightning_class_args(AttentionMaps, "attention_maps")
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.tokenizer", "model.tokenizer", apply_on="parse")
         parser.link_arguments("model.block_size", "data.block_size", apply_on="parse")
@@ -106,6 +108,8 @@ class MiniGPTCLI(LightningCLI):
         self.run_dir, self.ckpt_path = resolve_run(self.config.runs_dir, self.config.name, self.config.ckpt_path)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        if self.ckpt_path is not None:  # before the Trainer reports its devices: a refused checkpoint is one line
+            check_resumable(self.ckpt_path, self.model)
         trainer_config = self._get(self.config_init, "trainer")
         callbacks = list(trainer_config.get("callbacks") or [])
         callbacks += [
@@ -124,12 +128,15 @@ class MiniGPTCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         else:
             callbacks.append(PrintProgress())
-        return super().instantiate_trainer(
+        trainer = super().instantiate_trainer(
             default_root_dir=str(self.run_dir),
             logger=make_logger(self.config.logger, self.run_dir),
             callbacks=callbacks,
             **kwargs,
         )
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a writer the config chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def resolve_run(runs_dir: str, name: str | None, ckpt_path: str | None) -> tuple[Path, Path | None]:
@@ -189,7 +196,14 @@ def make_logger(kind: str | bool, run_dir: Path) -> Logger | bool:
                 f"W&B: not logged in, logging offline to {run_dir / 'wandb'}; upload later with "
                 f"`wandb sync {run_dir / 'wandb'}/offline-run-*`"
             )
-        return WandbLogger(save_dir=str(run_dir), project="minigpt", name=run_dir.name, offline=not online)
+        import wandb
+
+        # An absolute directory: W&B's service process resolves paths against its own working directory. Quiet:
+        # no closing table of every metric (the run's own report follows); the run's address still shows.
+        return WandbLogger(
+            save_dir=str(run_dir.resolve()), project="minigpt", name=run_dir.name, offline=not online,
+            settings=wandb.Settings(quiet=True),
+        )  # fmt: skip
     return CSVLogger(save_dir=str(run_dir), name="", version="")
 
 
@@ -198,6 +212,8 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith(("💡 Tip", "Seed set to"))
     )
+    # seed_everything logs through its own logger ("[rank: R] Seed set to N" under DDP).
+    logging.getLogger("lightning.fabric.utilities.seed").addFilter(lambda record: "Seed set to" not in str(record.msg))
     # main() always hands LightningCLI the argument list (it adds the default --config).
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -205,15 +221,16 @@ def quiet_lightning() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_lightning()
+    # TF32 tensor cores for the float32 matmuls that remain (all of them under 32-true precision).
+    torch.set_float32_matmul_precision("high")
     args = list(sys.argv[1:] if argv is None else argv)
     # `python train.py` alone trains the default config; a --config given replaces it.
     if not any(arg in ("-c", "--config") or arg.startswith("--config=") for arg in args):
         args = ["--config", str(DEFAULT_CONFIG), *args]
     try:
+        check_config_files(args)
         cli = MiniGPTCLI(args)  # parse errors and --print_config exit through SystemExit
-        if cli.ckpt_path is not None:
-            check_resumable(cli.ckpt_path, cli.model)
-        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.ckpt_path)
+        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
     except SystemExit as exit_:
         return exit_.code or 0
     except FloatingPointError as err:
@@ -229,6 +246,26 @@ def main(argv: list[str] | None = None) -> int:
 
         wandb.finish()  # flush the run's files now, not at interpreter exit
     return 0
+
+
+def check_config_files(args: list[str]) -> None:
+    """Refuse, in one line that names it, a --config file that is not YAML (jsonargparse names no file)."""
+    import yaml
+
+    paths = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("-c", "--config")]
+    paths += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # the parser reports a missing or unreadable file itself
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ValueError(f"config {path} is not valid YAML: {problem}{where}") from None
 
 
 def check_resumable(ckpt_path: Path, module: GPTModule) -> None:

@@ -94,8 +94,7 @@ def test_wandb_offline_run_holds_hyperparameters_config_and_metrics(in_tmp, caps
     assert train("--name", "w", "--logger", "wandb") == 0
     assert "wandb sync runs/w/wandb/offline-run-" in capsys.readouterr().out
     (offline_run,) = (in_tmp / "runs" / "w" / "wandb").glob("offline-run-*")
-    (run_file,) = offline_run.glob("*.wandb")
-    config, history = config_and_history(run_file)
+    config, history = config_and_history(offline_run)
     assert config["n_embd"] == 16 and config["tokenizer"] == "bytes"  # the module's hyperparameters
     assert config["config"]["model"]["n_layer"] == 1  # the resolved CLI config
     assert config["config"]["trainer"]["max_steps"] == 6

@@ -7,6 +7,7 @@ type 1 a whole record, 2/3/4 its first/middle/last part; each record a `wandb_in
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -35,8 +36,25 @@ def records(path: Path):
             yield record
 
 
-def config_and_history(path: Path) -> tuple[dict, list[dict]]:
-    """The run's config (key -> value) and its history rows, as the W&B UI would show them."""
+def _finished_run_file(offline_run: Path) -> Path | None:
+    """The run's `.wandb` file once it holds the final "exit" record (W&B's service may create it late)."""
+    for path in offline_run.glob("*.wandb"):
+        if path.stat().st_size > CHUNK_HEADER and any(r.WhichOneof("record_type") == "exit" for r in records(path)):
+            return path
+    return None
+
+
+def config_and_history(offline_run: Path, timeout: float = 10.0) -> tuple[dict, list[dict]]:
+    """The config (key -> value) and history rows of an offline run directory, as the W&B UI would show them.
+
+    wandb.finish() may return a moment before W&B's service has flushed the `.wandb` file: wait for its final
+    "exit" record first.
+    """
+    deadline = time.monotonic() + timeout
+    while not (finished := _finished_run_file(Path(offline_run))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert finished, f"W&B wrote no finished run file into {offline_run} within {timeout} s"
+    path = finished
     config, history = {}, []
     for record in records(path):
         kind = record.WhichOneof("record_type")

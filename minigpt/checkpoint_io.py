@@ -1,0 +1,35 @@
+"""Checkpoint files written so that a run killed at any moment leaves the previous checkpoint whole."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `TorchCheckpointIO`, but each checkpoint is written to `<name>.tmp` beside it, then renamed.
+
+    Lightning's own writer stages the file in the system's temporary folder and moves it into place. When that
+    folder is on another filesystem (a tmpfs /tmp), the move is a copy onto the checkpoint, and a run killed during
+    the copy leaves a half-written checkpoint where the previous good one was. A rename within one folder is atomic:
+    a reader finds the old file or the new one, never a part of one. A save killed midway leaves only a stale
+    `.tmp`, which nothing reads and the next save of that name overwrites.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options; got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

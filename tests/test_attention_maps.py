@@ -1,0 +1,222 @@
+"""Attention maps: the drawing function's checks and sizes, the training callback (W&B offline, CSV), sample.py."""
+
+import csv
+import math
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from minigpt.callbacks import AttentionMaps
+from minigpt.model import GPT, GPTConfig
+from minigpt.module import GPTModule
+from minigpt.plots import MAX_DRAWN_TOKENS, draw_layer, figure_pixels, head_summaries, token_labels
+from minigpt.tokenizer import get_tokenizer
+from tests.test_sample import run_main, sample, write_checkpoint
+from tests.test_train import train
+from tests.wandb_records import config_and_history
+
+BYTES = get_tokenizer("bytes")
+SUMMARIES = ("entropy", "prev_token", "first_token")
+
+
+def causal_softmax(n_head: int, T: int, seed: int = 0) -> torch.Tensor:
+    scores = torch.randn(n_head, T, T, generator=torch.Generator().manual_seed(seed))  # (nh, T, T)
+    return scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(dim=-1)
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) in pixels."""
+    height, width = imread(path).shape[:2]
+    return width, height
+
+
+def expected_size(n_head: int, labels: list[str]) -> tuple[int, int]:
+    shown = labels[:MAX_DRAWN_TOKENS]
+    return figure_pixels(n_head, len(shown), max(map(len, shown)))
+
+
+# --- drawing and summaries -------------------------------------------------------------------------------
+def test_rows_must_sum_to_one_before_anything_is_drawn():
+    weights = causal_softmax(2, 8)
+    labels = token_labels(BYTES, list(range(97, 105)))
+    draw_layer(weights, labels, layer=0)  # softmax rows: drawn
+    draw_layer(weights.bfloat16(), labels, layer=0)  # rounded to bfloat16: still rows of 1, within its precision
+    for wrong in (weights.transpose(1, 2), torch.rand(2, 8, 8), weights * 1.01):  # swapped axes, no softmax, ...
+        with pytest.raises(ValueError, match="rows must sum to 1"):
+            draw_layer(wrong, labels, layer=0)
+    with pytest.raises(ValueError, match="negative, NaN"):
+        draw_layer(weights.masked_fill(weights == 0, float("nan")), labels, layer=0)
+    with pytest.raises(ValueError, match=r"\(n_head, T, T\)"):
+        draw_layer(weights[None], labels, layer=0)
+
+
+def test_summaries_of_heads_whose_pattern_is_known():
+    T = 6
+    previous = torch.diag(torch.ones(T - 1), diagonal=-1)  # (T, T): each token on the one before it
+    previous[0, 0] = 1
+    first = torch.zeros(T, T)
+    first[:, 0] = 1
+    uniform = torch.ones(T, T).tril() / torch.arange(1, T + 1)[:, None]  # query t spreads over t + 1 keys
+    summary = head_summaries(torch.stack([previous, first, uniform]))  # name -> (3,)
+    torch.testing.assert_close(
+        summary["prev_token"], torch.tensor([1.0, 0.2, sum(1 / (t + 1) for t in range(1, T)) / 5])
+    )
+    torch.testing.assert_close(summary["first_token"], summary["prev_token"][[1, 0, 2]])
+    torch.testing.assert_close(summary["entropy"][:2], torch.zeros(2))
+    assert summary["entropy"][2].item() == pytest.approx(sum(math.log(t + 1) for t in range(1, T)) / (T - 1))
+
+
+def test_a_long_probe_is_drawn_cut_to_its_first_64_tokens_with_a_note(tmp_path):
+    ids = BYTES.encode_ordinary("for item in items:\n    total += price(item)  # $ and é\n" * 2)  # 100+ tokens
+    labels = token_labels(BYTES, ids)
+    assert "␣" in labels and "↵" in labels and r"\$" in labels and r"\xc3" in labels  # visible, no mathtext
+    fig = draw_layer(causal_softmax(3, len(ids)), labels, layer=2, note="step 7")
+    assert fig._suptitle.get_text() == f"step 7, first 64 of {len(ids)} tokens drawn"
+    titles = [ax.get_title() for ax in fig.axes[:-1]]  # the last axes is the colour bar
+    assert titles == ["layer 2 head 0", "layer 2 head 1", "layer 2 head 2"]
+    fig.savefig(tmp_path / "map.png", format="png")
+    width, height = png_size(tmp_path / "map.png")
+    assert (width, height) == expected_size(3, labels)
+    assert width > 2 * 64 * 10 and height > 2 * 64 * 10  # 2 x 2 panels: at least 10 pixels per token drawn
+
+
+def test_the_probe_runs_in_eval_mode_without_gradients_and_training_mode_comes_back(tmp_path, monkeypatch):
+    module = GPTModule(n_layer=2, n_head=2, n_embd=16, block_size=16, dropout=0.5)
+    seen = []
+    forward = GPT.forward
+
+    def spy(self, idx, *args, **kwargs):
+        seen.append((self.training, torch.is_grad_enabled()))
+        return forward(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", spy)
+    callback = AttentionMaps()
+    callback.ids, callback.labels = list(range(97, 107)), token_labels(BYTES, list(range(97, 107)))
+    trainer = SimpleNamespace(global_step=4, default_root_dir=str(tmp_path), loggers=[])
+    module.train()
+    paths = callback.draw(trainer, module)
+    assert seen == [(False, False)] and module.model.training
+    assert paths == [tmp_path / "attention" / "step-000004" / f"layer-{layer}.png" for layer in (0, 1)]
+
+
+@pytest.mark.parametrize(
+    "probe,message",
+    [
+        ("a", "attention_maps.probe='a' is 1 token: give at least 2 tokens"),
+        ("a<|endoftext|>", "attention_maps.probe: the prompt contains the special token <|endoftext|>"),
+        (None, "attention_maps.probe is not set and there is no validation split"),
+    ],
+)
+def test_an_unusable_probe_is_a_value_error_that_names_the_setting(probe, message):
+    trainer = SimpleNamespace(datamodule=None, is_global_zero=True)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AttentionMaps(probe=probe).setup(trainer, GPTModule(n_layer=1, n_head=1, n_embd=8, block_size=8), "fit")
+    with pytest.raises(ValueError, match="every_n_validations=-1 must be >= 0"):
+        AttentionMaps(every_n_validations=-1)
+
+
+# --- during training -------------------------------------------------------------------------------------
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return tmp_path
+
+
+def test_training_logs_maps_and_head_scalars_to_wandb_offline_and_saves_pngs(in_tmp, capsys):
+    assert (
+        train("--name", "w", "--logger", "wandb", "--model.n_layer", "2", "--attention_maps.every_n_validations", "1")
+        == 0
+    )
+    assert "attention maps: probe cropped from 64 to block_size=16 tokens" in capsys.readouterr().out
+    run = in_tmp / "runs" / "w"
+    # The default probe: the start of the validation split, labelled token by token.
+    probe = np.memmap(in_tmp / "data" / "python-reference" / "bytes" / "val.bin", dtype=np.uint16, mode="r")[:16]
+    size = expected_size(2, token_labels(BYTES, probe.tolist()))
+    for step in ("000003", "000006"):  # validations at steps 3 and 6; training ends at 6, already drawn
+        for layer in (0, 1):
+            assert png_size(run / "attention" / f"step-{step}" / f"layer-{layer}.png") == size
+    assert len(list((run / "attention").iterdir())) == 2
+
+    (offline_run,) = (run / "wandb").glob("offline-run-*")
+    config, history = config_and_history(offline_run)
+    assert config["config"]["attention_maps"]["every_n_validations"] == 1  # the callback's settings, from the CLI
+    # Each layer's image under its own key; W&B stores a logged list of images as "images/separated".
+    images = [(row["trainer/global_step"], key) for row in history for key in row if key.endswith("/_type")]
+    assert sorted(images) == [(s, f"attention_maps/layer{layer}/_type") for s in (3, 6) for layer in (0, 1)]
+    for row in history:
+        for layer in (0, 1):
+            if f"attention_maps/layer{layer}/filenames" in row:
+                (media,) = row[f"attention_maps/layer{layer}/filenames"]  # the PNG W&B copied into the run's files
+                assert png_size(offline_run / "files" / media) == size
+    scalars = [row for row in history if "attention/layer0.head0/entropy" in row]
+    assert [row["trainer/global_step"] for row in scalars] == [3, 6]
+    for row in scalars:
+        for layer, head, name in np.ndindex(2, 2, len(SUMMARIES)):
+            value = row[f"attention/layer{layer}.head{head}/{SUMMARIES[name]}"]
+            assert 0 <= value <= (math.log(16) if name == 0 else 1)
+
+
+def test_without_wandb_a_text_probe_is_cropped_and_drawn_at_the_end_with_csv_scalars(in_tmp, capsys):
+    probe = "class Point:\n    def __init__(self, x, y):"  # 42 byte tokens, block_size 16
+    argv = ["--name", "c", "--logger", "csv", "--attention_maps.every_n_validations", "0", "--attention_maps.probe"]
+    assert train(*argv, probe) == 0
+    assert "attention maps: probe cropped from 42 to block_size=16 tokens" in capsys.readouterr().out
+    run = in_tmp / "runs" / "c"
+    assert [p.name for p in (run / "attention").iterdir()] == ["step-000006"]  # only at the end of training
+    assert png_size(run / "attention" / "step-000006" / "layer-0.png") == expected_size(
+        2, token_labels(BYTES, BYTES.encode_ordinary(probe)[:16])
+    )
+    # The scalars with the maps: once, at the end of training.
+    rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row["attention/layer0.head1/prev_token"]]
+    assert [row["step"] for row in rows] == ["6"]
+    assert all(rows[0][f"attention/layer0.head{h}/{name}"] for h in (0, 1) for name in SUMMARIES)
+
+
+# --- sample.py --attention-map ---------------------------------------------------------------------------
+def test_sample_writes_one_map_per_layer_for_a_prompt_and_generates_nothing(tmp_path, capsys):
+    ckpt = tmp_path / "runs" / "a" / "checkpoints" / "best.ckpt"
+    write_checkpoint(ckpt)  # 2 layers, 2 heads, block_size 32, bytes
+    out = tmp_path / "maps" / "attn.png"
+    code, stdout, err = run_main(
+        capsys, "--ckpt", str(ckpt), "--prompt", "def f(x):\n    return x", "--attention-map", str(out)
+    )
+    assert code == 0 and err.startswith(f"wrote {tmp_path}/maps/attn-layer0.png, ")
+    size = expected_size(2, token_labels(BYTES, BYTES.encode_ordinary("def f(x):\n    return x")))
+    assert [png_size(tmp_path / "maps" / f"attn-layer{layer}.png") for layer in (0, 1)] == [size, size]
+    table = stdout.splitlines()
+    assert table[0].split() == ["layer", "head", *SUMMARIES] and len(table) == 1 + 2 * 2  # no generated text
+
+
+def test_sample_maps_gpt2_with_its_bpe_tokens(tmp_path, capsys, monkeypatch):
+    config = GPTConfig(vocab_size=50257, block_size=8, n_layer=1, n_head=4, n_embd=16)
+    monkeypatch.setattr(sample, "load_gpt2", lambda name: (GPT(config).eval(), "gpt2"))  # no weights offline
+    prompt = "Hello, I'm a language model, and I like attention"  # 12 GPT-2 tokens, block_size 8
+    code, _, err = run_main(
+        capsys, "--init-from", "gpt2", "--prompt", prompt, "--attention-map", str(tmp_path / "g.png")
+    )
+    assert code == 0 and "cropped from 12 to block_size=8 tokens" in err
+    labels = token_labels(get_tokenizer("gpt2"), get_tokenizer("gpt2").encode_ordinary(prompt)[:8])
+    assert labels[:3] == ["Hello", ",", "␣I"]
+    assert png_size(tmp_path / "g-layer0.png") == expected_size(4, labels)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--prompt", ""], "--attention-map needs a prompt of at least 2 tokens"),
+        (["--prompt", "ab", "--attention-map", "{tmp}/map.jpg"], "name a .png file (layer L goes to map-layer<L>.png)"),
+    ],
+)
+def test_sample_bad_map_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
+    write_checkpoint(tmp_path / "m.ckpt")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--attention-map" not in argv:
+        argv += ["--attention-map", str(tmp_path / "map.png")]
+    code, out, err = run_main(capsys, "--ckpt", str(tmp_path / "m.ckpt"), *argv)
+    assert code == 2 and out == "" and err.startswith("error: ") and message in err and err.count("\n") == 1
