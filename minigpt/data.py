@@ -5,6 +5,8 @@ HuggingFace hub datasets. `prepare_data` tokenizes a source once into `train.bin
 `setup` maps those read-only; the loaders cut windows of `block_size + 1` tokens out of them.
 """
 
+import collections
+import functools
 import glob
 import hashlib
 import json
@@ -12,6 +14,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import Literal
 
 import datasets
@@ -27,6 +30,11 @@ from minigpt.tokenizer import available, get_tokenizer
 SPLIT_SEED = 1337  # fixed, not the training seed: runs with different seeds validate on the same documents
 CACHE_VERSION = 1  # part of the fingerprint: bump it when the cache layout changes
 SPLITS = ("train", "val")
+# Local text files are read and tokenized in pieces of at most this many characters, so a file of any size (one
+# line of 100 MB included) never sits in memory whole. TEXT_BATCH_ROWS pieces are tokenized at a time: their token
+# lists take ~8 bytes per character (bytes tokenizer), so that is what bounds the memory used.
+TEXT_CHUNK_CHARS = 1 << 20
+TEXT_BATCH_ROWS = 2
 
 
 def embedded_corpus() -> list[str]:
@@ -48,10 +56,100 @@ def _flag_val_streaming(batch: dict, indices: list[int], fraction: float) -> dic
 
 
 def _encode(batch: dict, column: str, tokenizer: str, dtype: str) -> dict:
-    # `<|endoftext|>` after each document, so the model sees where one ends and the next begins.
+    # `<|endoftext|>` after each document, so the model sees where one ends and the next begins; a document read in
+    # pieces (a local text file) gets it after its last piece only.
     enc = get_tokenizer(tokenizer)
-    docs = enc.encode_ordinary_batch(batch[column])
-    return {"ids": [np.array([*ids, enc.eot_token], dtype=dtype) for ids in docs]}
+    ends = batch["doc_end"] if "doc_end" in batch else [True] * len(batch[column])
+    pieces = [np.array(ids, dtype=dtype) for ids in enc.encode_ordinary_batch(batch[column])]
+    eot = np.array([enc.eot_token], dtype=dtype)
+    ids = [np.concatenate([piece, eot]) if end else piece for piece, end in zip(pieces, ends, strict=True)]
+    return {"ids": ids, "doc_end": ends}
+
+
+# A letter or digit followed by whitespace. No tiktoken pattern (gpt2's, cl100k's, o200k's) puts that letter and
+# that whitespace in one pre-token, so text cut between them tokenizes as the whole text does.
+_CUT_BEFORE = re.compile(r"[^\W_](?=\s)")
+
+
+def _piece_end(text: str, limit: int) -> int:
+    """Where a piece of `text` at most `limit` characters long ends: before the last whitespace that follows a letter
+    or digit in its last 64K characters, else at `limit` (one place where BPE may differ; bytes never do)."""
+    last = collections.deque(_CUT_BEFORE.finditer(text, max(0, limit - 65536), limit), maxlen=1)
+    return last[0].end() if last else limit
+
+
+def _read_pieces(path: str, chunk_chars: int, cut_at: int | None = None) -> Iterator[tuple[int, str]]:
+    """(position, text) of the pieces of a text file, in order; one piece ends at character `cut_at`.
+
+    The file is read as `open(path).read()` would read it (UTF-8, universal newlines), bytes that are not UTF-8
+    becoming U+FFFD, but `chunk_chars` characters at a time.
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text, pos = "", 0
+        while True:
+            block = f.read(chunk_chars)
+            text += block
+            while len(text) > chunk_chars or (text and not block):
+                end = _piece_end(text, chunk_chars) if len(text) > chunk_chars else len(text)
+                if cut_at is not None and pos < cut_at < pos + end:
+                    end = cut_at - pos
+                yield pos, text[:end]
+                text, pos = text[end:], pos + end
+            if not block:
+                return
+
+
+def _count_chars(path: str, chunk_chars: int) -> int:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return sum(len(block) for block in iter(functools.partial(f.read, chunk_chars), ""))
+
+
+class _BadLines:
+    """Counts the lines holding U+FFFD (bytes that were not UTF-8) in text fed piece by piece."""
+
+    def __init__(self):
+        self.open_line_bad = False  # the line still open at the end of the pieces so far
+
+    def add(self, piece: str) -> int:
+        """How many bad lines end in `piece` (at a newline)."""
+        if "\ufffd" not in piece:  # the usual case, with no splitting
+            ended = self.open_line_bad and "\n" in piece
+            self.open_line_bad = self.open_line_bad and "\n" not in piece
+            return int(ended)
+        lines = piece.split("\n")
+        first_bad = self.open_line_bad or "\ufffd" in lines[0]
+        self.open_line_bad = "\ufffd" in lines[-1] if len(lines) > 1 else first_bad
+        return (int(first_bad) if len(lines) > 1 else 0) + sum("\ufffd" in line for line in lines[1:-1])
+
+    def close(self) -> int:
+        return int(self.open_line_bad)
+
+
+def _text_rows(files: tuple, val: tuple, val_fraction: float, chunk_chars: int) -> Iterator[dict]:
+    """The rows of local text files, each file read piece by piece (the generator of `Dataset.from_generator`).
+
+    files: (path, size, mtime) of each; the size and time are there for `datasets`, which caches the rows under a
+    hash of these arguments. Each file is one document and validates when `val[i]`; a single file is two: its
+    first characters train and its last `val_fraction` validate, cut where nanoGPT cuts, at int(n * 0.9) of n.
+    Rows: `text`, `val`, `doc_end` (the last piece of a document), `bad_lines` (lines ending in it with U+FFFD).
+    """
+    single = len(files) == 1
+    for (path, *_), is_val in zip(files, val, strict=True):
+        split_at = int(_count_chars(path, chunk_chars) * (1 - val_fraction)) if single else None
+        bad = _BadLines()
+        # A row is yielded once the next one shows whether it ends its document; an empty document is one "" row.
+        held = {"text": "", "val": False, "bad_lines": 0} if split_at == 0 else None
+        for pos, piece in _read_pieces(path, chunk_chars, split_at):
+            piece_val = pos >= split_at if single else is_val
+            if held is not None:
+                yield held | {"doc_end": held["val"] != piece_val}
+            held = {"text": piece, "val": piece_val, "bad_lines": bad.add(piece)}
+        if held is None:
+            held = {"text": "", "val": is_val, "bad_lines": 0}
+        held["bad_lines"] += bad.close()
+        yield held | {"doc_end": True}
+        if single and not held["val"]:  # an empty file: its validation document is empty too
+            yield {"text": "", "val": True, "bad_lines": 0, "doc_end": True}
 
 
 class TokenWindows(IterableDataset):
@@ -211,43 +309,80 @@ class TextDataModule(L.LightningDataModule):
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def _read_meta(self) -> dict | None:
+        """The cache's meta.json; None when there is none or it is not one this code wrote (damaged, edited)."""
         try:
-            with open(os.path.join(self.cache_dir, "meta.json")) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+            with open(os.path.join(self.cache_dir, "meta.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+        except (FileNotFoundError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             return None
+        tokens = meta.get("tokens") if isinstance(meta, dict) else None
+        if not (
+            isinstance(tokens, dict)
+            and all(isinstance(tokens.get(split), int) and tokens[split] >= 0 for split in SPLITS)
+            and meta.get("dtype") in ("uint16", "uint32")
+            and isinstance(meta.get("fingerprint"), str)
+        ):
+            return None
+        return meta
 
     def _cache_problem(self, fingerprint: str) -> str | None:
         """Why the cache cannot be reused, or None when it can."""
         meta = self._read_meta()
         if meta is None:
-            return "no cache yet"
+            exists = os.path.exists(os.path.join(self.cache_dir, "meta.json"))
+            return "meta.json is damaged" if exists else "no cache yet"
         if meta["fingerprint"] != fingerprint:
             return "the source or the settings changed"
         for split in SPLITS:
             size = meta["tokens"][split] * np.dtype(meta["dtype"]).itemsize
-            if not os.path.exists(self._bin(split)) or os.path.getsize(self._bin(split)) != size:
+            if not os.path.exists(self._bin(split)):
                 return f"{split}.bin is missing or truncated"
+            if os.path.getsize(self._bin(split)) != size:
+                return (
+                    f"{split}.bin is missing or truncated ({os.path.getsize(self._bin(split)):,} bytes, "
+                    f"meta.json says {meta['tokens'][split]:,} {meta['dtype']} tokens)"
+                )
         return None
 
     def _load(self) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
-        """The source as a `datasets` dataset, and the name of its text column."""
-        if self.source == "embedded":
-            return datasets.Dataset.from_dict({"text": embedded_corpus()}), "text"
+        """The source as a `datasets` dataset with a boolean `val` column, and the name of its text column."""
         if self.source == "text":
             return self._load_text(), "text"
-        return self._load_hub(), self.text_column
+        if self.source == "embedded":
+            ds, column = datasets.Dataset.from_dict({"text": embedded_corpus()}), "text"
+        else:
+            ds, column = self._load_hub(), self.text_column
+        return self._flag_val(ds, column), column
 
     def _load_text(self) -> datasets.Dataset:
-        files = self.path if self._is_url() else self._text_files()  # a missing local file fails here, plainly
-        try:
-            # One row per file: the `text` builder's default of one row per line would lose the documents.
-            ds = datasets.load_dataset(
-                "text", data_files=files, split="train", sample_by="document", encoding_errors="replace"
-            )
-        except (ConnectionError, FileNotFoundError) as e:  # the local files exist: a URL that cannot be fetched
-            raise self._offline_error(e) from None
-        self._report_replacements(ds)
+        """Text files (a URL downloaded first) as rows of pieces of at most TEXT_CHUNK_CHARS characters."""
+        if self._is_url():
+            try:
+                files = [datasets.DownloadManager().download(self.path)]
+            except (ConnectionError, FileNotFoundError) as e:  # datasets' OfflineModeIsEnabled included
+                raise self._offline_error(e) from None
+        else:
+            files = self._text_files()  # a missing local file fails here, plainly
+        # Several files: a seeded choice of ceil(fraction * n) of them validates, so even two give one of each.
+        n_val = math.ceil(len(files) * self.val_fraction)
+        val = np.zeros(len(files), dtype=bool)
+        val[np.random.default_rng(SPLIT_SEED).permutation(len(files))[:n_val]] = True
+        stats = [(f, os.stat(f)) for f in map(os.path.abspath, files)]
+        features = {"text": "string", "val": "bool", "doc_end": "bool", "bad_lines": "int64"}
+        ds = datasets.Dataset.from_generator(
+            _text_rows,
+            features=datasets.Features({name: datasets.Value(kind) for name, kind in features.items()}),
+            gen_kwargs={  # tuples: `datasets` would shard lists, one generator call per file
+                "files": tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats),
+                "val": tuple(val.tolist()),
+                "val_fraction": self.val_fraction,
+                "chunk_chars": TEXT_CHUNK_CHARS,
+            },
+            writer_batch_size=TEXT_BATCH_ROWS,
+        )
+        # Read with errors="replace": every U+FFFD marks bytes that were not UTF-8.
+        if bad := pc.sum(ds.data.column("bad_lines")).as_py():
+            print(f"{self.path}: {bad} lines held bytes that are not UTF-8, replaced by U+FFFD")
         return ds
 
     def _load_hub(self) -> datasets.Dataset | datasets.IterableDataset:
@@ -274,12 +409,6 @@ class TextDataModule(L.LightningDataModule):
             f"or the embedded default (source: embedded)"
         )
 
-    def _report_replacements(self, ds: datasets.Dataset) -> None:
-        # The builder decoded with errors="replace": every U+FFFD marks bytes that were not UTF-8.
-        bad = sum("\ufffd" in line for doc in ds["text"] if "\ufffd" in doc for line in doc.split("\n"))
-        if bad:
-            print(f"{self.path}: {bad} lines held bytes that are not UTF-8, replaced by U+FFFD")
-
     def _flag_val(
         self, ds: datasets.Dataset | datasets.IterableDataset, column: str
     ) -> datasets.Dataset | datasets.IterableDataset:
@@ -298,24 +427,31 @@ class TextDataModule(L.LightningDataModule):
         val[np.random.default_rng(SPLIT_SEED).permutation(ds.num_rows)[:n_val]] = True
         return ds.add_column("val", val)
 
-    def _write(self, tokens: datasets.Dataset | datasets.IterableDataset, dtype: str) -> tuple[dict, int]:
-        """Append each batch of rows to its split's temporary file; the token counts and the number of rows."""
-        counts, rows = dict.fromkeys(SPLITS, 0), 0
+    def _write(
+        self, tokens: datasets.Dataset | datasets.IterableDataset, dtype: str, batch_rows: int
+    ) -> tuple[dict, int]:
+        """Append each batch of rows to its split's temporary file; the token counts and the number of documents."""
+        counts, docs = dict.fromkeys(SPLITS, 0), 0
         files = {split: open(self._bin(split) + ".tmp", "wb") for split in SPLITS}
         with files["train"], files["val"]:
-            for table in tokens.with_format("arrow").iter(batch_size=1000):
+            for table in tokens.with_format("arrow").iter(batch_size=batch_rows):
+                ends = table["doc_end"].to_numpy()
+                stop = None
                 if self.token_budget is not None:
                     # Keep the documents up to the one that reaches the budget.
                     total = np.cumsum(pc.list_value_length(table["ids"]).to_numpy()) + sum(counts.values())
-                    table = table.slice(0, int(np.searchsorted(total, self.token_budget)) + 1)
+                    stops = np.flatnonzero(ends & (total >= self.token_budget))
+                    if len(stops):
+                        stop = int(stops[0]) + 1
+                        table, ends = table.slice(0, stop), ends[:stop]
                 for split, mask in (("train", pc.invert(table["val"])), ("val", table["val"])):
                     ids = pc.list_flatten(table.filter(mask)["ids"]).to_numpy()  # this split's tokens, in order
                     ids.astype(dtype, copy=False).tofile(files[split])
                     counts[split] += len(ids)
-                rows += table.num_rows
-                if self.token_budget is not None and sum(counts.values()) >= self.token_budget:
+                docs += int(ends.sum())
+                if stop is not None:
                     break
-        return counts, rows
+        return counts, docs
 
     def prepare_data(self) -> None:
         """Tokenize the source into the cache once; reuse the cache when its meta matches."""
@@ -325,12 +461,15 @@ class TextDataModule(L.LightningDataModule):
             return
         print(f"preparing {self.cache_dir}: {problem}")
         ds, column = self._load()
-        ds = self._flag_val(ds, column)
         enc = self.encoding
         dtype = "uint16" if enc.n_vocab <= 2**16 else "uint32"
         streamed = isinstance(ds, datasets.IterableDataset)  # a stream maps lazily, in this process
-        map_kwargs = {} if streamed else {"num_proc": self.num_proc, "desc": f"tokenizing ({self.tokenizer})"}
-        tokens = ds.select_columns([column, "val"]).map(
+        # Local text comes in pieces of up to TEXT_CHUNK_CHARS characters: a few of them at a time.
+        pieces = self.source == "text"
+        batch_rows = TEXT_BATCH_ROWS if pieces else 1000
+        map_kwargs = {"num_proc": self.num_proc, "desc": f"tokenizing ({self.tokenizer})"}
+        map_kwargs = {} if streamed else map_kwargs | {"batch_size": batch_rows, "writer_batch_size": batch_rows}
+        tokens = ds.select_columns([column, "val", "doc_end"] if pieces else [column, "val"]).map(
             _encode,
             batched=True,
             remove_columns=[column],
@@ -339,8 +478,8 @@ class TextDataModule(L.LightningDataModule):
         )
         os.makedirs(self.cache_dir, exist_ok=True)
         try:
-            counts, rows = self._write(tokens, dtype)
-            if sum(counts.values()) == rows:  # nothing but the end-of-text tokens
+            counts, docs = self._write(tokens, dtype, batch_rows)
+            if sum(counts.values()) == docs:  # nothing but the end-of-text tokens
                 raise ValueError(f"source {self.path or self.source!r} holds no text; give a non-empty source")
         except BaseException:
             # Leave nothing half-written behind (Ctrl-C included); the old cache, if any, stays as it was.
