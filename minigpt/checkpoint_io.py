@@ -1,6 +1,10 @@
 """Checkpoint files written so that a run killed at any moment leaves the previous checkpoint whole."""
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +28,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with ctrl_c_after_the_write():
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+
+@contextmanager
+def ctrl_c_after_the_write() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives during a checkpoint write and deliver it once the write is done.
+
+    torch.save interrupted midway does not raise KeyboardInterrupt but a RuntimeError from its zip writer, which
+    Lightning then treats as a crash: no save-on-interrupt, a traceback. Held back, the interrupt reaches Lightning
+    as Ctrl-C right after this complete checkpoint.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):  # e.g. Python's default handler, which raises KeyboardInterrupt
+            previous(signal.SIGINT, None)

@@ -15,6 +15,7 @@ from minigpt.model import GPT, GPTConfig
 from minigpt.module import GPTModule
 from minigpt.plots import MAX_DRAWN_TOKENS, draw_layer, figure_pixels, head_summaries, token_labels
 from minigpt.tokenizer import get_tokenizer
+from tests.skips import gpt2_or_skip
 from tests.test_sample import run_main, sample, write_checkpoint
 from tests.test_train import train
 from tests.wandb_records import config_and_history
@@ -194,6 +195,7 @@ def test_sample_writes_one_map_per_layer_for_a_prompt_and_generates_nothing(tmp_
 
 
 def test_sample_maps_gpt2_with_its_bpe_tokens(tmp_path, capsys, monkeypatch):
+    gpt2 = gpt2_or_skip()
     config = GPTConfig(vocab_size=50257, block_size=8, n_layer=1, n_head=4, n_embd=16)
     monkeypatch.setattr(sample, "load_gpt2", lambda name: (GPT(config).eval(), "gpt2"))  # no weights offline
     prompt = "Hello, I'm a language model, and I like attention"  # 12 GPT-2 tokens, block_size 8
@@ -201,7 +203,7 @@ def test_sample_maps_gpt2_with_its_bpe_tokens(tmp_path, capsys, monkeypatch):
         capsys, "--init-from", "gpt2", "--prompt", prompt, "--attention-map", str(tmp_path / "g.png")
     )
     assert code == 0 and "cropped from 12 to block_size=8 tokens" in err
-    labels = token_labels(get_tokenizer("gpt2"), get_tokenizer("gpt2").encode_ordinary(prompt)[:8])
+    labels = token_labels(gpt2, gpt2.encode_ordinary(prompt)[:8])
     assert labels[:3] == ["Hello", ",", "␣I"]
     assert png_size(tmp_path / "g-layer0.png") == expected_size(4, labels)
 

@@ -13,7 +13,7 @@ from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
 
 from minigpt.data import TextDataModule, TokenWindows, embedded_corpus
-from minigpt.tokenizer import get_tokenizer
+from tests.skips import gpt2_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -126,10 +126,7 @@ def test_streaming_stops_at_the_token_budget(tmp_path):
 
 
 def test_gpt2_tokens_decode_back(tmp_path):
-    try:
-        get_tokenizer("gpt2")
-    except ValueError as e:
-        pytest.skip(f"GPT-2 BPE not loadable (set TIKTOKEN_CACHE_DIR, e.g. to ../shared/tiktoken-cache): {e}")
+    gpt2_or_skip()
     dm = module(tmp_path, tokenizer="gpt2")
     dm.prepare_data()
     tokens = split_tokens(dm)

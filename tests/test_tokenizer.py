@@ -3,16 +3,14 @@ import requests
 import tiktoken
 
 from minigpt.tokenizer import get_tokenizer
+from tests.skips import gpt2_or_skip
 
 TEXT = "Hello, world! Ünïcödé, 漢字 and 🙂; a literal <|endoftext|> stays text.\r\n\ttabs\n"
 
 
 @pytest.fixture(scope="module")
 def gpt2() -> tiktoken.Encoding:
-    try:
-        return get_tokenizer("gpt2")
-    except ValueError as e:
-        pytest.skip(f"GPT-2 BPE not loadable (set TIKTOKEN_CACHE_DIR, e.g. to ../shared/tiktoken-cache): {e}")
+    return gpt2_or_skip()
 
 
 def test_bytes_is_one_token_per_byte():

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.cli import MiniGPTCLI, main
 from minigpt.model import GPT
 from minigpt.module import GPTModule, flops_per_token, warmup_cosine
@@ -173,6 +174,22 @@ def test_sigint_saves_last_checkpoint_before_exiting(tmp_path):
     assert "interrupted at step" in text, text
     step = load(tmp_path / "runs/int/checkpoints/last.ckpt")["global_step"]
     assert step >= 6 and f"interrupted at step {step}" in text
+
+
+def test_ctrl_c_during_a_checkpoint_write_arrives_after_a_complete_file(tmp_path, monkeypatch):
+    """torch.save cut by KeyboardInterrupt raises a RuntimeError; the writer holds Ctrl-C until the file is whole."""
+    save = torch.save
+
+    def save_hit_by_ctrl_c(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)
+        save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_hit_by_ctrl_c)
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"weights": torch.arange(10_000)}, path)
+    assert torch.equal(load(path)["weights"], torch.arange(10_000))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
 
 
 # --- bad input: one line on stderr, exit code 2 --------------------------------------------------------------
