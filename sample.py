@@ -21,7 +21,7 @@ import torch
 from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, stream
 from minigpt.model import GPT
-from minigpt.plots import head_summaries, probe_attention, save_layer_maps, token_labels
+from minigpt.plots import crop_to_block, head_summaries, probe_attention, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -166,11 +166,11 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
         raise ValueError(f"--attention-map {out}: name a .png file (layer L goes to {out.stem}-layer<L>.png)")
     if len(ids) < 2:
         raise ValueError("--attention-map needs a prompt of at least 2 tokens: pass --prompt TEXT")
-    weights, cropped = probe_attention(model, ids)
+    ids, cropped = crop_to_block(ids, model.config.block_size)
     if cropped:
         print(f"note: the prompt is {cropped}", file=sys.stderr)
     note = ", ".join(filter(None, [source, cropped and f"prompt {cropped}"]))
-    ids = ids[: model.config.block_size]
+    weights = probe_attention(model, ids)
     labels = token_labels(enc, ids)
     paths = save_layer_maps(weights, labels, lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note)
     print(f"{'layer':>5} {'head':>4} {'entropy':>8} {'prev_token':>10} {'first_token':>11}")

@@ -7,7 +7,14 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt.generate import encode_prompt
-from minigpt.plots import MAX_DRAWN_TOKENS, head_summaries, probe_attention, save_layer_maps, token_labels
+from minigpt.plots import (
+    MAX_DRAWN_TOKENS,
+    crop_to_block,
+    head_summaries,
+    probe_attention,
+    save_layer_maps,
+    token_labels,
+)
 from minigpt.tokenizer import get_tokenizer
 
 
@@ -91,13 +98,11 @@ class AttentionMaps(L.Callback):
                 ids = encode_prompt(enc, self.probe)
             except ValueError as e:  # name the setting: the message itself speaks of a prompt
                 raise ValueError(f"attention_maps.probe: {e}") from None
-        block_size = pl_module.model.config.block_size
-        if len(ids) > block_size:
-            # The model has no positions beyond block_size: say so once; probe_attention draws what fits.
-            self.note = f"probe cropped from {len(ids)} to block_size={block_size} tokens"
+        ids, cropped = crop_to_block(ids, pl_module.model.config.block_size)
+        if cropped:  # said once here, and in every figure's title
+            self.note = f"probe {cropped}"
             if trainer.is_global_zero:
                 print(f"attention maps: {self.note}", flush=True)
-            ids = ids[:block_size]
         if len(ids) < 2:
             raise ValueError(f"attention_maps.probe={self.probe!r} is {len(ids)} token: give at least 2 tokens")
         self.ids, self.labels = ids, token_labels(enc, ids)
@@ -124,7 +129,7 @@ class AttentionMaps(L.Callback):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Path]:
         """Run the probe; save and log its maps, and log its per-head scalars. The PNGs written."""
         step = trainer.global_step
-        weights, _ = probe_attention(pl_module.model, self.ids)  # ids already fit block_size
+        weights = probe_attention(pl_module.model, self.ids)
         out_dir = Path(trainer.default_root_dir) / "attention" / f"step-{step:06d}"
         note = ", ".join(filter(None, [f"step {step}", self.note]))
         paths = save_layer_maps(weights, self.labels, lambda layer: out_dir / f"layer-{layer}.png", note)

@@ -181,15 +181,19 @@ def save_layer_maps(
     return paths
 
 
-def probe_attention(model, ids: list[int]) -> tuple[list[torch.Tensor], str]:
-    """Per-layer attention weights (nh, T, T) of `model` (a GPT) reading `ids`, and a note when they were cropped.
+def crop_to_block(ids: list[int], block_size: int) -> tuple[list[int], str]:
+    """`ids` cut to their first block_size (a model has no positions beyond it), and a note when they were cut."""
+    if len(ids) <= block_size:
+        return ids, ""
+    return ids[:block_size], f"cropped from {len(ids)} to block_size={block_size} tokens"
 
-    The model has no positions beyond its block_size, so a longer probe is cropped to its start (and the note says
-    so). Runs in eval mode without gradients, and puts the model back in the mode it was in.
+
+def probe_attention(model, ids: list[int]) -> list[torch.Tensor]:
+    """Per-layer attention weights (nh, T, T) of `model` (a GPT) reading `ids` (at most block_size of them).
+
+    Runs in eval mode without gradients, and puts the model back in the mode it was in.
     """
-    block_size = model.config.block_size
-    note = f"cropped from {len(ids)} to block_size={block_size} tokens" if len(ids) > block_size else ""
-    idx = torch.tensor([ids[:block_size]], device=model.lm_head.weight.device)  # (1, T)
+    idx = torch.tensor([ids], device=model.lm_head.weight.device)  # (1, T)
     was_training = model.training
     model.eval()  # no dropout on the weights
     try:
@@ -198,4 +202,4 @@ def probe_attention(model, ids: list[int]) -> tuple[list[torch.Tensor], str]:
             _, _, attentions = model.forward(idx, return_attention=True)
     finally:
         model.train(was_training)
-    return [w[0] for w in attentions], note  # per layer (nh, T, T)
+    return [w[0] for w in attentions]  # per layer (nh, T, T)
