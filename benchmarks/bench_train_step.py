@@ -43,6 +43,7 @@ VARIANTS = {
     "compile-autotune": {"mode": "max-autotune-no-cudagraphs"},
     "compile-max": {"mode": "max-autotune"},  # autotuned kernels and CUDA graphs
     "padded-vocab": {"mode": "default", "pad_vocab": 128},  # vocab rounded up to a multiple of 128
+    "unpadded-vocab": {"mode": "default", "pad_vocab": 1},  # the exact vocab, whatever the config pads
     "foreach-adamw": {"mode": "default", "fused": False},  # AdamW's multi-tensor path instead of the fused kernel
     "pageable-copy": {"mode": "default", "pinned": False},  # batches copied from pageable host memory
     "sync-per-step": {"mode": "default", "sync": True},  # loss.item() after every step, as a progress bar would
@@ -107,9 +108,9 @@ def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: 
     spec = VARIANTS[variant]
     device = torch.device(args.device)
     vocab = hparams["vocab_size"]
-    padded = math.ceil(vocab / spec["pad_vocab"]) * spec["pad_vocab"] if "pad_vocab" in spec else vocab
+    padding = {"pad_vocab_multiple": spec["pad_vocab"]} if "pad_vocab" in spec else {}
     torch.manual_seed(0)
-    module = GPTModule(**{**hparams, "vocab_size": padded}).to(device)
+    module = GPTModule(**hparams, **padding).to(device)
     model = module.model
     if "mode" in spec:
         model.compile(mode=spec["mode"])  # in place, as GPTModule(compile=True) does
@@ -148,7 +149,7 @@ def measure(name: str, args: argparse.Namespace, peak: float | None) -> tuple[li
     device = torch.device(args.device)
     hparams, micro_batch, accum, clip = load_config(name, args)
     with torch.device("meta"):
-        flops_per_token = GPTModule(**hparams).flops_per_token  # of the unpadded model, as nanoGPT counts
+        flops_per_token = GPTModule(**hparams).flops_per_token  # without vocabulary padding (flops_per_token)
     T = hparams["block_size"]
     tokens_per_step = accum * micro_batch * T
     # A round long enough to time with a host clock: about 2**20 tokens on a GPU (a few to a hundred steps).

@@ -33,9 +33,13 @@ class GPTConfig:
     """Dropout on attention weights, residual branches and embeddings (0 for pretraining, ~0.2 for small data)."""
     bias: bool = True
     """Biases in the linear layers and LayerNorms, as GPT-2 has them."""
+    pad_vocab_multiple: int = 1
+    """Round the embedding and LM-head rows up to a multiple of this (64 or 128: GPT-2's 50257 becomes 50304, as
+    in nanoGPT, so the LM head's matmuls get aligned shapes and faster GPU kernels). The extra ids never appear in
+    the data; the model's logits stop at vocab_size, so they are never sampled either."""
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         if not 0.0 <= self.dropout < 1.0:
@@ -44,6 +48,11 @@ class GPTConfig:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: pick n_embd as a multiple of n_head"
             )
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the LM head: vocab_size rounded up to a multiple of pad_vocab_multiple."""
+        return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
 
 
 class MLP(nn.Module):
@@ -92,14 +101,14 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Weight tying: the LM head reads out with the token embedding matrix (GPT-2, Press & Wolf 2017).
         self.lm_head.weight = self.transformer.wte.weight
 
@@ -122,7 +131,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position table, as GPT-2 papers count.
 
-        The token table is counted once: it is also the LM head's weight.
+        The token table is counted once (it is also the LM head's weight), with its padding rows if any.
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -163,7 +172,7 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """idx, targets: (B, T) token ids.
 
-        Returns (logits (B, T, vocab), loss or None), plus the list of per-layer attention weights
+        Returns (logits (B, T, vocab_size), loss or None), plus the list of per-layer attention weights
         (each (B, nh, T, T)) when return_attention is True. Targets equal to -1 are ignored by the loss.
 
         Generation: with a KV cache set (`setup_kv_cache`), input_pos (T,) holds the positions of idx's tokens
@@ -198,11 +207,14 @@ class GPT(nn.Module):
                 x = block(x, input_pos=input_pos, mask=mask)
         if only_last_logits:
             x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab), or (B, 1, vocab) for only_last_logits
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, padded vocab), or (B, 1, padded) for only_last_logits
 
         loss = None
         if targets is not None:
+            # Over the padded logits, as nanoGPT does: slicing them first would copy the largest tensor of the step.
+            # Targets never name a padding id, so training only pushes those logits down.
             loss = F.cross_entropy(
                 logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1
-            )  # logits viewed as (B*T, vocab)
+            )  # logits viewed as (B*T, padded vocab)
+        logits = logits[..., : self.config.vocab_size]  # a view: padding ids are never returned, never sampled
         return (logits, loss, attentions) if return_attention else (logits, loss)

@@ -3,6 +3,7 @@
 import math
 import time
 from dataclasses import asdict
+from typing import Literal
 
 import lightning as L
 import torch
@@ -22,6 +23,7 @@ class GPTModule(L.LightningModule):
         n_embd: int = 384,
         dropout: float = 0.0,
         bias: bool = True,
+        pad_vocab_multiple: int = 1,
         learning_rate: float = 1e-3,
         min_lr: float = 1e-4,
         warmup_steps: int = 100,
@@ -30,6 +32,7 @@ class GPTModule(L.LightningModule):
         beta1: float = 0.9,
         beta2: float = 0.95,
         compile: bool = False,
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
         tokenizer: str = "bytes",
     ):
         """A GPT and how it is optimised.
@@ -42,6 +45,8 @@ class GPTModule(L.LightningModule):
             n_embd: Width of the residual stream.
             dropout: Dropout rate (0 for large data, ~0.2 for small data like Tiny Shakespeare).
             bias: Biases in linear layers and LayerNorms, as GPT-2.
+            pad_vocab_multiple: Embedding and LM-head rows rounded up to a multiple of this (64 or 128 for GPT-2's
+                vocabulary on a GPU); 1 pads nothing.
             learning_rate: Peak learning rate, reached after the warmup.
             min_lr: Learning rate at the end of the cosine decay (and after it).
             warmup_steps: Optimizer steps of linear warmup from 0 to learning_rate.
@@ -50,13 +55,15 @@ class GPTModule(L.LightningModule):
             beta1: AdamW beta1.
             beta2: AdamW beta2 (0.99 for small models trained briefly, 0.95 for GPT-2 sizes).
             compile: Compile the GPT with torch.compile (the Lightning module itself stays eager).
+            compile_mode: torch.compile's mode: `reduce-overhead` adds CUDA graphs (fewer kernel launches, for
+                small models), `max-autotune` also tunes matmul kernels per shape (a much longer compile).
             tokenizer: Tokenizer name, linked from the data; stored in checkpoints for sample.py.
         """
         super().__init__()
         self.save_hyperparameters()
         self.config = GPTConfig(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-            dropout=dropout, bias=bias,
+            dropout=dropout, bias=bias, pad_vocab_multiple=pad_vocab_multiple,
         )  # fmt: skip
         if min_lr > learning_rate:
             raise ValueError(f"min_lr={min_lr} is above learning_rate={learning_rate}: set min_lr <= learning_rate")
@@ -64,7 +71,7 @@ class GPTModule(L.LightningModule):
         if compile:
             # Module.compile() compiles in place: parameter names (and checkpoint keys) stay those of GPT,
             # with no `_orig_mod.` prefix, so checkpoints load with or without compile.
-            self.model.compile()
+            self.model.compile(mode=compile_mode)
         self.flops_per_token = flops_per_token(self.model, block_size)
         self.val_loss = MeanMetric()
         # A device-side flag set when a loss is NaN/inf; read only where Lightning syncs anyway (logging, saving),
@@ -162,9 +169,13 @@ class GPTModule(L.LightningModule):
 
 
 def flops_per_token(model: GPT, T: int) -> float:
-    """Training FLOPs per token, nanoGPT's estimate: 6N (matmuls, forward + backward) + 12·L·C·T (attention)."""
+    """Training FLOPs per token, nanoGPT's estimate: 6N (matmuls, forward + backward) + 12·L·C·T (attention).
+
+    N leaves out the vocabulary's padding rows: their FLOPs are spent but compute nothing, so MFU does not count them.
+    """
     cfg = model.config
-    return 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+    padding = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
+    return 6 * (model.num_params() - padding) + 12 * cfg.n_layer * cfg.n_embd * T
 
 
 def warmup_cosine(warmup_steps: int, decay_steps: int, min_ratio: float):

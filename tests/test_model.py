@@ -122,8 +122,48 @@ def test_sequence_longer_than_block_size_names_both_lengths():
         (dict(n_embd=30, n_head=4), r"n_embd=30.*n_head=4"),
         (dict(n_layer=0), r"n_layer=0"),
         (dict(dropout=1.0), r"dropout=1.0"),
+        (dict(pad_vocab_multiple=0), r"pad_vocab_multiple=0"),
     ],
 )
 def test_bad_config_is_a_clear_value_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**{**SMALL, **overrides})
+
+
+def test_padded_vocabulary_rounds_the_tables_up_and_returns_only_real_ids():
+    model = small_gpt(pad_vocab_multiple=64)  # 97 ids -> 128 rows
+    assert model.config.padded_vocab_size == 128
+    assert model.transformer.wte.weight.shape == (128, 32)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    head_outputs = []
+    model.lm_head.register_forward_hook(lambda module, args, out: head_outputs.append(out))
+    idx = torch.randint(0, 97, (2, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 16, 97)
+    full = head_outputs[0]  # (2, 16, 128)
+    assert torch.equal(logits, full[..., :97])
+    # The loss is the cross-entropy over all 128 logits: the padding ids take part in the softmax, unsampled.
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(full.view(32, -1), idx.view(32)).item())
+
+
+def test_padding_ids_are_never_generated_even_when_their_logits_are_largest():
+    from minigpt.generate import generate
+
+    model = small_gpt(pad_vocab_multiple=64).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight[97:] = 100 * model.transformer.ln_f.weight  # padding logits dominate
+    out = generate(model, torch.zeros(4, 1, dtype=torch.long), 20, temperature=1.0, seed=0)
+    assert out.max().item() < 97
+
+
+def test_unpadded_and_padded_models_agree_on_the_real_ids():
+    torch.manual_seed(0)
+    plain = small_gpt()
+    padded = small_gpt(pad_vocab_multiple=128)
+    with torch.no_grad():
+        state = plain.state_dict()
+        for key in ("transformer.wte.weight", "lm_head.weight"):
+            state[key] = torch.cat([state[key], torch.full((128 - 97, 32), 0.0)])
+        padded.load_state_dict(state)
+    idx = torch.randint(0, 97, (2, 16))
+    assert torch.allclose(plain(idx)[0], padded(idx)[0], atol=1e-6)

@@ -202,6 +202,8 @@ def test_ctrl_c_during_a_checkpoint_write_arrives_after_a_complete_file(tmp_path
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
         (["--ckpt_path", "last"], "no last.ckpt"),
         (["--model.n_embd", "30", "--model.n_head", "4"], "n_embd=30"),
+        (["--model.compile_mode", "fastest"], "model.compile_mode"),
+        (["--model.pad_vocab_multiple", "0"], "pad_vocab_multiple=0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(in_tmp, capsys, args, expected):
@@ -279,3 +281,18 @@ def test_flops_per_token_matches_nanogpt_numbers():
     """DESIGN.md: GPT-2 124M at T=1024 is 854.8 MFLOP/token (6N + 12·L·C·T)."""
     gpt2 = GPTModule(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
     assert flops_per_token(gpt2.model, 1024) / 1e6 == pytest.approx(854.8, rel=1e-3)
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs["mode"]) or fn)
+    GPTModule(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, compile=True, compile_mode="reduce-overhead")
+    GPTModule(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, compile=False, compile_mode="max-autotune")
+    assert modes == ["reduce-overhead"]
+
+
+def test_mfu_counts_no_padding_flops():
+    small = dict(vocab_size=97, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    plain, padded = GPTModule(**small), GPTModule(**small, pad_vocab_multiple=64)
+    assert padded.model.num_params() == plain.model.num_params() + (128 - 97) * 8
+    assert padded.flops_per_token == plain.flops_per_token
