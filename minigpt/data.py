@@ -3,7 +3,11 @@
 Sources: the Python Language Reference shipped with CPython (offline default), local text files, and
 HuggingFace hub datasets. `prepare_data` tokenizes a source once into `train.bin`/`val.bin` + `meta.json`;
 `setup` maps those read-only; the loaders cut windows of `block_size + 1` tokens out of them.
+
+`datasets` (and its pyarrow) are imported only where a cache is built: training from a prepared cache needs neither.
 """
+
+from __future__ import annotations
 
 import collections
 import functools
@@ -15,17 +19,18 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import datasets
 import lightning as L
 import numpy as np
-import pyarrow.compute as pc
 import tiktoken
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from minigpt.tokenizer import available, get_tokenizer
+
+if TYPE_CHECKING:
+    import datasets
 
 SPLIT_SEED = 1337  # fixed, not the training seed: runs with different seeds validate on the same documents
 CACHE_VERSION = 1  # part of the fingerprint: bump it when the cache layout changes
@@ -158,6 +163,8 @@ class TokenWindows(IterableDataset):
     x = window[:-1] and y = window[1:], both int64 (batch_size, block_size). With a seed the window starts are
     random; with `seed=None` they are evenly spaced through the file (a fixed validation set). Worker w of n
     takes batches[w::n]; DataLoader reads its workers round-robin, so the order is the same with any n.
+    With `starts_only` a batch is just where its windows start, (batch_size,) int64, for `cut_windows` to cut
+    them out of a copy of the tokens that lives on the GPU.
     """
 
     def __init__(
@@ -169,9 +176,10 @@ class TokenWindows(IterableDataset):
         batches: range,
         seed: int | None = None,
         rank: int = 0,
+        starts_only: bool = False,
     ):
         self.path, self.dtype, self.block_size, self.batch_size = path, dtype, block_size, batch_size
-        self.batches, self.seed, self.rank = batches, seed, rank
+        self.batches, self.seed, self.rank, self.starts_only = batches, seed, rank, starts_only
 
     def offsets(self, b: int, n_tokens: int) -> np.ndarray:
         """Where the windows of batch `b` start, in a file of `n_tokens`."""
@@ -188,6 +196,9 @@ class TokenWindows(IterableDataset):
             # Mapped anew per batch (cheap), as nanoGPT does, so pages already read do not pile up.
             data = np.memmap(self.path, dtype=self.dtype, mode="r")
             starts = self.offsets(b, len(data))
+            if self.starts_only:
+                yield torch.from_numpy(starts)  # (B,)
+                continue
             windows = np.stack([data[s : s + self.block_size + 1] for s in starts])  # (B, T + 1)
             windows = torch.from_numpy(windows.astype(np.int64))
             yield windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # x, y: (B, T) each
@@ -217,6 +228,10 @@ class TextDataModule(L.LightningDataModule):
         num_proc: Processes that tokenize (`datasets.Dataset.map`); None tokenizes in this process.
         data_dir: Root of the token caches, written to `<data_dir>/<dataset_name>/<tokenizer>/`.
         dataset_name: The cache folder's name; None derives it from the source.
+        tokens_on_device: Copy all the tokens to the training device once and cut the windows there: the loader
+            then passes only where each window starts, so there is no host work or host-to-GPU copy per batch.
+            The batches are the same as without it. For token sets that fit in GPU memory (4 bytes per token),
+            such as Tiny Shakespeare's 1 MB.
     """
 
     def __init__(
@@ -238,6 +253,7 @@ class TextDataModule(L.LightningDataModule):
         num_proc: int | None = None,
         data_dir: str = "data",
         dataset_name: str | None = None,
+        tokens_on_device: bool = False,
     ):
         super().__init__()
         # Fail on arguments now, before any download; the tokenizer itself loads only when first needed.
@@ -255,6 +271,8 @@ class TextDataModule(L.LightningDataModule):
         self.val_fraction, self.tokenizer, self.block_size = val_fraction, tokenizer, block_size
         self.batch_size, self.seed, self.val_batches = batch_size, seed, val_batches
         self.num_workers, self.num_proc, self.data_dir = num_workers, num_proc, data_dir
+        self.tokens_on_device = tokens_on_device
+        self._device_tokens: dict[str, torch.Tensor] = {}  # split -> its tokens on the device, with tokens_on_device
         self.dataset_name = dataset_name or self._default_name()
         self.cache_dir = os.path.join(data_dir, self.dataset_name, tokenizer)
 
@@ -346,6 +364,8 @@ class TextDataModule(L.LightningDataModule):
 
     def _load(self) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
         """The source as a `datasets` dataset with a boolean `val` column, and the name of its text column."""
+        import datasets
+
         if self.source == "text":
             return self._load_text(), "text"
         if self.source == "embedded":
@@ -356,6 +376,9 @@ class TextDataModule(L.LightningDataModule):
 
     def _load_text(self) -> datasets.Dataset:
         """Text files (a URL downloaded first) as rows of pieces of at most TEXT_CHUNK_CHARS characters."""
+        import datasets
+        import pyarrow.compute as pc
+
         if self._is_url():
             try:
                 files = [datasets.DownloadManager().download(self.path)]
@@ -386,6 +409,8 @@ class TextDataModule(L.LightningDataModule):
         return ds
 
     def _load_hub(self) -> datasets.Dataset | datasets.IterableDataset:
+        import datasets
+
         try:
             ds = datasets.load_dataset(self.path, self.name, split=self.split, streaming=self.streaming)
         except ConnectionError as e:  # datasets' OfflineModeIsEnabled included
@@ -413,6 +438,8 @@ class TextDataModule(L.LightningDataModule):
         self, ds: datasets.Dataset | datasets.IterableDataset, column: str
     ) -> datasets.Dataset | datasets.IterableDataset:
         """`ds` with a boolean `val` column saying which rows validate."""
+        import datasets
+
         if isinstance(ds, datasets.IterableDataset):
             fraction = {"fraction": self.val_fraction}
             return ds.map(_flag_val_streaming, batched=True, with_indices=True, fn_kwargs=fraction)
@@ -431,6 +458,8 @@ class TextDataModule(L.LightningDataModule):
         self, tokens: datasets.Dataset | datasets.IterableDataset, dtype: str, batch_rows: int
     ) -> tuple[dict, int]:
         """Append each batch of rows to its split's temporary file; the token counts and the number of documents."""
+        import pyarrow.compute as pc
+
         counts, docs = dict.fromkeys(SPLITS, 0), 0
         files = {split: open(self._bin(split) + ".tmp", "wb") for split in SPLITS}
         with files["train"], files["val"]:
@@ -459,6 +488,8 @@ class TextDataModule(L.LightningDataModule):
         problem = self._cache_problem(fingerprint)
         if problem is None:
             return
+        import datasets
+
         print(f"preparing {self.cache_dir}: {problem}")
         ds, column = self._load()
         enc = self.encoding
@@ -534,11 +565,33 @@ class TextDataModule(L.LightningDataModule):
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         rank = trainer.global_rank if trainer else 0
         batches = range(start, sys.maxsize)
-        return self._loader(
-            TokenWindows(self._bin("train"), self.dtype, self.block_size, self.batch_size, batches, self.seed, rank)
-        )
+        return self._loader(self._windows("train", batches, self.seed, rank))
 
     def val_dataloader(self) -> DataLoader:
         """The same `val_batches` batches of evenly spaced windows, every epoch and every run, on every rank."""
-        batches = range(self.val_batches)
-        return self._loader(TokenWindows(self._bin("val"), self.dtype, self.block_size, self.batch_size, batches))
+        return self._loader(self._windows("val", range(self.val_batches)))
+
+    def _windows(self, split: str, batches: range, seed: int | None = None, rank: int = 0) -> TokenWindows:
+        return TokenWindows(
+            self._bin(split), self.dtype, self.block_size, self.batch_size, batches, seed, rank, self.tokens_on_device
+        )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With tokens_on_device, the batch arrives as window starts (B,) and leaves as (x, y) windows."""
+        if not self.tokens_on_device:
+            return batch
+        return self.cut_windows("train" if self.trainer.training else "val", batch)
+
+    def cut_windows(self, split: str, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y (B, T) int64: the windows of `split` at `starts` (B,), cut from its tokens on starts' device."""
+        tokens = self._device_tokens.get(split)
+        if tokens is None or tokens.device != starts.device:
+            # int32: every tokenizer's ids fit, at half the memory of int64.
+            tokens = torch.from_numpy(self.data[split].astype(np.int32)).to(starts.device)
+            self._device_tokens[split] = tokens
+        index = starts[:, None] + torch.arange(self.block_size + 1, device=starts.device)  # (B, T + 1)
+        windows = tokens[index].long()  # (B, T + 1)
+        return windows[:, :-1], windows[:, 1:]  # x, y: (B, T) each
+
+    def teardown(self, stage: str) -> None:
+        self._device_tokens.clear()

@@ -17,11 +17,12 @@ def test_run_all_quick_completes_and_prints_its_table():
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = proc.stdout.rstrip().splitlines()
-    table = lines[-4:]  # the header and one row per benchmark, printed last
+    table = lines[-5:]  # the header and one row per benchmark, printed last
     assert table[0].split()[:3] == ["benchmark", "status", "seconds"], proc.stdout[-2000:]
-    scripts = ["bench_attention.py", "bench_train_step.py", "bench_time_to_quality.py"]
+    scripts = ["bench_attention.py", "bench_train_step.py", "bench_loader.py", "bench_time_to_quality.py"]
     for row, script in zip(table[1:], scripts, strict=True):
         assert row.split()[:2] == [script, "ok"], row
     assert "weights path / sdpa path" in table[1]
     assert "tok/s" in table[2]
-    assert "val/loss <= 1.47" in table[3]
+    assert "tokens_on_device" in table[3]
+    assert "val/loss <= 1.47" in table[4]

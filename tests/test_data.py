@@ -231,6 +231,22 @@ def test_validation_batches_are_fixed(prepared):
     assert starts[0] == 0 and starts[-1] == len(prepared.data["val"]) - 17 and np.all(np.diff(starts) > 0)
 
 
+def test_tokens_on_device_gives_the_same_batches(tmp_path, prepared):
+    on_device = TextDataModule(data_dir=prepared.data_dir, block_size=16, batch_size=4, tokens_on_device=True)
+    on_device.setup("fit")
+    for split, loaders in (
+        ("train", (prepared.train_dataloader(), on_device.train_dataloader())),
+        ("val", (prepared.val_dataloader(), on_device.val_dataloader())),
+    ):
+        starts = take(loaders[1], 5)
+        assert all(s.shape == (4,) and s.dtype == torch.int64 for s in starts)  # only the starts leave the loader
+        assert same(take(loaders[0], 5), [on_device.cut_windows(split, s) for s in starts])
+    # The hook picks the split from the trainer's state.
+    on_device.trainer = SimpleNamespace(training=False)
+    assert same(take(prepared.val_dataloader(), 1), [on_device.on_after_batch_transfer(starts[0], 0)])
+    on_device.trainer = None
+
+
 # ---- what a user can get wrong: one line that names the value and the fix -----------------------------------
 
 

@@ -132,6 +132,39 @@ def test_resume_last_without_name_picks_the_newest_run(in_tmp):
     assert load(in_tmp / "runs/new/checkpoints/last.ckpt")["global_step"] == 9
 
 
+def test_tokens_on_device_trains_exactly_as_the_host_loader(in_tmp):
+    assert train("--name", "host") == 0
+    assert train("--name", "device", "--data.tokens_on_device", "true") == 0
+    host, device = (load(in_tmp / f"runs/{name}/checkpoints/last.ckpt") for name in ("host", "device"))
+    assert host["global_step"] == device["global_step"] == 6
+    for key, value in host["state_dict"].items():  # the same batches, so the same weights
+        torch.testing.assert_close(device["state_dict"][key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_padded_vocabulary_trains_and_its_checkpoint_samples(in_tmp):
+    from minigpt.checkpoint import load_checkpoint
+    from minigpt.generate import generate
+
+    assert train("--name", "padded", "--model.pad_vocab_multiple", "64") == 0
+    model, _ = load_checkpoint(in_tmp / "runs/padded/checkpoints/last.ckpt")
+    assert model.transformer.wte.weight.size(0) == 320 and model.config.vocab_size == 257  # 5 x 64 rows
+    assert generate(model, torch.zeros(2, 1, dtype=torch.long), 30, seed=0).max().item() < 257
+
+
+@pytest.mark.slow
+def test_a_prepared_cache_trains_without_datasets_installed(in_tmp):
+    assert train("--name", "prepares", "--trainer.max_steps", "1", "--sample_tokens", "0") == 0
+    # A machine without `datasets` (or pyarrow): importing either fails, as it would there.
+    code = (
+        "import sys; sys.modules['datasets'] = sys.modules['pyarrow'] = None; from minigpt.cli import main; "
+        f"sys.exit(main({[*TINY, '--name', 'without']!r}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load(in_tmp / "runs/without/checkpoints/last.ckpt")["global_step"] == 6
+
+
 # --- faults ----------------------------------------------------------------------------------------------
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(in_tmp, capsys, monkeypatch):
     forward = GPT.forward
