@@ -185,8 +185,9 @@ class TokenWindows(IterableDataset):
         """Where the windows of batch `b` start, in a file of `n_tokens`."""
         last = n_tokens - self.block_size - 1  # the last start that leaves room for block_size + 1 tokens
         if self.seed is None:
-            k = b * self.batch_size + np.arange(self.batch_size)  # window numbers of this batch
-            return k * last // max(len(self.batches) * self.batch_size - 1, 1)
+            # Window numbers of this batch, out of the whole set's (a rank's share is every world-size-th batch).
+            k = b * self.batch_size + np.arange(self.batch_size)
+            return k * last // max(self.batches.stop * self.batch_size - 1, 1)
         return np.random.default_rng([self.seed, self.rank, b]).integers(0, last + 1, self.batch_size)
 
     def __iter__(self):
@@ -223,7 +224,7 @@ class TextDataModule(L.LightningDataModule):
         block_size: Tokens per training window (the model's context length).
         batch_size: Windows per batch.
         seed: Seeds the training windows, together with the DDP rank and the batch number.
-        val_batches: How many fixed batches form the validation set.
+        val_batches: How many fixed batches form the validation set (shared out among DDP processes).
         num_workers: DataLoader worker processes.
         num_proc: Processes that tokenize (`datasets.Dataset.map`); None tokenizes in this process.
         data_dir: Root of the token caches, written to `<data_dir>/<dataset_name>/<tokenizer>/`.
@@ -568,8 +569,15 @@ class TextDataModule(L.LightningDataModule):
         return self._loader(self._windows("train", batches, self.seed, rank))
 
     def val_dataloader(self) -> DataLoader:
-        """The same `val_batches` batches of evenly spaced windows, every epoch and every run, on every rank."""
-        return self._loader(self._windows("val", range(self.val_batches)))
+        """The same `val_batches` batches of evenly spaced windows, every epoch and every run; under DDP each rank
+        validates every world-size-th of them (the validation loss is averaged over all of them)."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self.val_batches < world:
+            raise ValueError(
+                f"val_batches={self.val_batches} is fewer than the {world} training processes, which share them: "
+                f"set data.val_batches to at least {world}"
+            )
+        return self._loader(self._windows("val", range(rank, self.val_batches, world)))
 
     def _windows(self, split: str, batches: range, seed: int | None = None, rank: int = 0) -> TokenWindows:
         return TokenWindows(

@@ -10,13 +10,22 @@ from pathlib import Path
 import lightning as L
 
 
+def digest(batch) -> str:
+    """A short hash of a batch's inputs."""
+    return hashlib.sha1(batch[0].cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 class RecordBatches(L.Callback):
-    """Writes a hash of every training batch's inputs to batches-rank{global_rank}.txt in the working directory."""
+    """Writes a hash of every training (validation) batch's inputs to batches-rank{global_rank}.txt
+    (val-batches-rank{global_rank}.txt) in the working directory."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        digest = hashlib.sha1(batch[0].cpu().numpy().tobytes()).hexdigest()[:16]
         with Path(f"batches-rank{trainer.global_rank}.txt").open("a") as f:
-            f.write(digest + "\n")
+            f.write(digest(batch) + "\n")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        with Path(f"val-batches-rank{trainer.global_rank}.txt").open("a") as f:
+            f.write(digest(batch) + "\n")
 
 
 def _kill_self() -> None:

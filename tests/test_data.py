@@ -231,6 +231,28 @@ def test_validation_batches_are_fixed(prepared):
     assert starts[0] == 0 and starts[-1] == len(prepared.data["val"]) - 17 and np.all(np.diff(starts) > 0)
 
 
+def test_ddp_ranks_share_out_the_validation_batches(prepared):
+    whole = list(prepared.val_dataloader())
+    shares = []
+    for rank in range(3):  # 20 batches over 3 ranks: 7, 7 and 6
+        prepared.trainer = SimpleNamespace(global_rank=rank, world_size=3)
+        try:
+            shares.append(list(prepared.val_dataloader()))
+        finally:
+            prepared.trainer = None
+    assert [len(share) for share in shares] == [7, 7, 6]
+    assert same([batch for b in range(20) for batch in [shares[b % 3][b // 3]]], whole)
+
+
+def test_fewer_validation_batches_than_ranks_is_a_clear_error(prepared):
+    prepared.trainer = SimpleNamespace(global_rank=0, world_size=32)
+    try:
+        with pytest.raises(ValueError, match="val_batches=20 is fewer than the 32 training processes"):
+            prepared.val_dataloader()
+    finally:
+        prepared.trainer = None
+
+
 def test_tokens_on_device_gives_the_same_batches(tmp_path, prepared):
     on_device = TextDataModule(data_dir=prepared.data_dir, block_size=16, batch_size=4, tokens_on_device=True)
     on_device.setup("fit")

@@ -13,8 +13,10 @@ import yaml
 
 from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.cli import MiniGPTCLI, main
+from minigpt.data import TextDataModule
 from minigpt.model import GPT
 from minigpt.module import GPTModule, flops_per_token, warmup_cosine
+from tests.probes import digest
 from tests.wandb_records import config_and_history
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,9 +264,9 @@ def test_resume_from_another_model_shape_is_refused(in_tmp, capsys):
 
 
 # --- DDP -------------------------------------------------------------------------------------------------
-def test_ddp_two_cpu_processes_see_different_batches(tmp_path):
+def test_ddp_two_cpu_processes_see_different_batches_and_share_the_validation_set(tmp_path):
     args = [
-        *TINY, "--name", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        *TINY, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.strategy", "ddp", "--trainer.callbacks+=tests.probes.RecordBatches",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -276,7 +278,15 @@ def test_ddp_two_cpu_processes_see_different_batches(tmp_path):
     rank0, rank1 = ((tmp_path / f"batches-rank{r}.txt").read_text().split() for r in (0, 1))
     assert len(rank0) == len(rank1) == 6
     assert not set(rank0) & set(rank1)
-    assert load(tmp_path / "runs/ddp/checkpoints/last.ckpt")["global_step"] == 6
+    # Without --name every process names the run for itself, from the clock; only rank 0 writes, so one directory.
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load(run_dir / "checkpoints/last.ckpt")["global_step"] == 6
+    # Validation (2 runs of val_batches=2): each rank takes one batch of the set a single process validates on.
+    val0, val1 = ((tmp_path / f"val-batches-rank{r}.txt").read_text().split() for r in (0, 1))
+    dm = TextDataModule(data_dir=str(tmp_path / "data"), block_size=16, batch_size=4, val_batches=2)
+    dm.setup("fit")
+    single = [digest(batch) for batch in dm.val_dataloader()]
+    assert val0 == [single[0]] * 2 and val1 == [single[1]] * 2
 
 
 # --- the module's parts ----------------------------------------------------------------------------------
