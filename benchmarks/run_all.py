@@ -19,8 +19,10 @@ from pathlib import Path
 from common import print_table
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_attention.py", "bench_train_step.py", "bench_loader.py", "bench_time_to_quality.py"]
-TAKES_DEVICE = {"bench_attention.py", "bench_train_step.py", "bench_loader.py"}  # train.py picks the GPU itself
+BENCHMARKS = [
+    "bench_attention.py", "bench_train_step.py", "bench_memory.py", "bench_loader.py", "bench_time_to_quality.py",
+]  # fmt: skip
+TAKES_DEVICE = set(BENCHMARKS) - {"bench_time_to_quality.py"}  # train.py picks the GPU by itself
 
 
 def run(script: str, args: list[str]) -> tuple[int, float, list[str]]:

@@ -17,12 +17,19 @@ def test_run_all_quick_completes_and_prints_its_table():
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = proc.stdout.rstrip().splitlines()
-    table = lines[-5:]  # the header and one row per benchmark, printed last
+    table = lines[-6:]  # the header and one row per benchmark, printed last
     assert table[0].split()[:3] == ["benchmark", "status", "seconds"], proc.stdout[-2000:]
-    scripts = ["bench_attention.py", "bench_train_step.py", "bench_loader.py", "bench_time_to_quality.py"]
+    scripts = [
+        "bench_attention.py", "bench_train_step.py", "bench_memory.py", "bench_loader.py", "bench_time_to_quality.py",
+    ]  # fmt: skip
     for row, script in zip(table[1:], scripts, strict=True):
         assert row.split()[:2] == [script, "ok"], row
     assert "weights path / sdpa path" in table[1]
     assert "tok/s" in table[2]
-    assert "tokens_on_device" in table[3]
-    assert "val/loss <= 1.47" in table[4]
+    assert "GiB estimated" in table[3]
+    assert "tokens_on_device" in table[4]
+    assert "val/loss <= 1.47" in table[5]
+    # The memory estimate on fake tensors equals the same tracker's count on real ones.
+    (check,) = [line for line in lines if line.startswith("check: fake-tensor estimate")]
+    estimate, real = (int(word.replace(",", "")) for word in check.split() if word.replace(",", "").isdigit())
+    assert estimate == real, check
