@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import torch
 import yaml
-from common import REPO, header, print_table, synchronize, time_interleaved
+from common import REPO, VOCAB_SIZES, header, print_table, synchronize, time_interleaved
 from lightning.pytorch.loggers import CSVLogger
 
 from minigpt.callbacks import AttentionMaps
@@ -32,7 +32,6 @@ from minigpt.module import GPTModule
 from minigpt.plots import MAX_DRAWN_TOKENS, token_labels
 from minigpt.tokenizer import get_tokenizer
 
-VOCAB_SIZES = {"bytes": 257, "gpt2": 50257}  # without loading the tokenizers (gpt2's BPE may need a download)
 QUICK = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}
 
 

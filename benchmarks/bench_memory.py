@@ -24,14 +24,12 @@ import dataclasses
 
 import torch
 import yaml
-from common import REPO, header, print_table
+from common import CONFIGS, VOCAB_SIZES, header, print_table
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from minigpt.model import GPT, GPTConfig
 
-CONFIGS = {"baby": REPO / "configs" / "shakespeare_char.yaml", "124m": REPO / "configs" / "gpt2_124m.yaml"}
-VOCAB_SIZES = {"bytes": 257, "gpt2": 50257}
 RUNS = [("baby", 64), ("124m", 8), ("124m", 16), ("124m", 32)]  # (config, micro-batch); the configs use 64 and 16
 CONSUMER_GPU_GIB = 24
 GIB = 2**30
@@ -124,8 +122,7 @@ def main() -> None:
         rows.append(row)
         summary.append(f"{name} x{micro_batch} {peak['Total'] / GIB:.1f} GiB estimated")
 
-    T = "T=block_size (256 baby, 1024 124M)"
-    print(f"\npeak GiB of one training step, {T}; estimate by kind, then measured (GPU only)")
+    print("\npeak GiB of one step, T=block_size (256 baby, 1024 124M); estimate by kind, then measured (GPU only)")
     headers = ["config", "micro-batch", "params", "grads", "AdamW", "activations", "temporaries", "estimate"]
     print_table([*headers, "measured", f"< {CONSUMER_GPU_GIB} GiB"], rows)
     print("summary: " + "; ".join(summary))

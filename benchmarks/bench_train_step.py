@@ -26,13 +26,11 @@ from functools import partial
 
 import torch
 import yaml
-from common import REPO, header, peak_flops, print_table, synchronize, time_interleaved
+from common import CONFIGS, VOCAB_SIZES, header, peak_flops, print_table, synchronize, time_interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minigpt.module import GPTModule
 
-CONFIGS = {"baby": REPO / "configs" / "shakespeare_char.yaml", "124m": REPO / "configs" / "gpt2_124m.yaml"}
-VOCAB_SIZES = {"bytes": 257, "gpt2": 50257}  # the tokenizers' sizes, without loading them (gpt2's BPE is online)
 CPU_MICRO_BATCH = {"baby": 8, "124m": 1}  # on CPU a step of the configs' batch takes minutes
 VARIANTS = {
     "eager": {},

@@ -10,6 +10,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# The configs the training-step and memory benchmarks take by short name.
+CONFIGS = {"baby": REPO / "configs" / "shakespeare_char.yaml", "124m": REPO / "configs" / "gpt2_124m.yaml"}
+# The tokenizers' sizes, without loading them (gpt2's BPE may need a download).
+VOCAB_SIZES = {"bytes": 257, "gpt2": 50257}
 # Dense bf16 peak of the H100 and H200 SXM (datasheet); about 790 TFLOP/s is what an 8192³ matmul reaches there.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
