@@ -266,6 +266,8 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"unknown tokenizer {tokenizer!r}; available: {', '.join(available())}")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction} must lie strictly between 0 and 1")
+        if val_batches < 1:
+            raise ValueError(f"val_batches={val_batches} must be at least 1: the validation set needs a batch")
         self.save_hyperparameters()
         self.source, self.path, self.name, self.split = source, path, name, split
         self.text_column, self.streaming, self.token_budget = text_column, streaming, token_budget

@@ -321,6 +321,8 @@ def test_bad_arguments_fail_at_construction(tmp_path):
         module(tmp_path, tokenizer="gpt5")
     with pytest.raises(ValueError, match="source 'hub' needs a path"):
         module(tmp_path, source="hub")
+    with pytest.raises(ValueError, match="val_batches=0 must be at least 1"):
+        module(tmp_path, val_batches=0)
 
 
 def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, capsys):
