@@ -59,6 +59,12 @@ def head_summaries(weights: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def layer_head_summaries(weights: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`head_summaries` of every layer's weights (nh, T, T), stacked: name -> (n_layer, n_head)."""
+    per_layer = [head_summaries(w) for w in weights]
+    return {name: torch.stack([summary[name] for summary in per_layer]) for name in per_layer[0]}
+
+
 def token_labels(enc: tiktoken.Encoding, ids: list[int]) -> list[str]:
     """One readable label per token: its own bytes decoded, spaces and newlines made visible."""
     labels = []
