@@ -4,6 +4,7 @@
     python sample.py --ckpt runs/x/checkpoints/last.ckpt --prompt "ROMEO:" --num-samples 3
     python sample.py --init-from gpt2 --prompt "Hello, I'm a language model," --top-p 0.9
     python sample.py --prompt "def f(x):" --attention-map maps.png  # maps-layer0.png, ...: no text generated
+    python sample.py --prompt "def f(x):" --attention-map maps.html  # the interactive explorer page
 
 The tokenizer and model shape come from the checkpoint. Prompts may not contain special tokens; an empty prompt
 starts from <|endoftext|>.
@@ -19,9 +20,18 @@ import tiktoken
 import torch
 
 from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
+from minigpt.errors import UserError
+from minigpt.explorer import describe_model, token_texts, write_explorer
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, stream
 from minigpt.model import GPT
-from minigpt.plots import crop_to_block, head_summaries, probe_attention, save_layer_maps, token_labels
+from minigpt.plots import (
+    crop_to_block,
+    head_summaries,
+    layer_head_summaries,
+    probe_attention,
+    save_layer_maps,
+    token_labels,
+)
 from minigpt.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,10 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, fast steps)")
     parser.add_argument(
         "--attention-map",
-        metavar="OUT.png",
+        metavar="OUT.png|OUT.html",
         help="instead of generating, draw the prompt's attention: one PNG per layer, OUT-layer0.png, "
-        "OUT-layer1.png, ... (a grid of the layer's heads), and print each head's entropy and shares of "
-        "attention on the previous and first token",
+        "OUT-layer1.png, ... (a grid of the layer's heads), or, for OUT.html, the interactive explorer page; "
+        "and print each head's entropy and shares of attention on the previous and first token",
     )
     return parser.parse_args(argv)
 
@@ -161,9 +171,13 @@ def run(args: argparse.Namespace) -> None:
 
 
 def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out: Path, source: str) -> None:
-    """--attention-map: the prompt's attention figures, out-layer<L>.png, and a table of per-head summaries."""
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--attention-map {out}: name a .png file (layer L goes to {out.stem}-layer<L>.png)")
+    """--attention-map: the prompt's attention figures, out-layer<L>.png, or its explorer page (out.html), and a
+    table of per-head summaries."""
+    if out.suffix.lower() not in (".png", ".html"):
+        raise UserError(
+            f"--attention-map {out}: name a .png file (layer L goes to {out.stem}-layer<L>.png) "
+            "or an .html file (the explorer page)"
+        )
     if len(ids) < 2:
         raise ValueError("--attention-map needs a prompt of at least 2 tokens: pass --prompt TEXT")
     ids, cropped = crop_to_block(ids, model.config.block_size)
@@ -171,8 +185,12 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
         print(f"note: the prompt is {cropped}", file=sys.stderr)
     note = ", ".join(filter(None, [source, cropped and f"prompt {cropped}"]))
     weights = probe_attention(model, ids)
-    labels = token_labels(enc, ids)
-    paths = save_layer_maps(weights, labels, lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note)
+    if out.suffix.lower() == ".html":
+        header = {"model": describe_model(model.config), "source": note}
+        paths = [write_explorer(out, weights, token_texts(enc, ids), layer_head_summaries(weights), header)]
+    else:
+        labels = token_labels(enc, ids)
+        paths = save_layer_maps(weights, labels, lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note)
     print(f"{'layer':>5} {'head':>4} {'entropy':>8} {'prev_token':>10} {'first_token':>11}")
     for layer, w in enumerate(weights):
         summary = torch.stack(list(head_summaries(w).values()), dim=1)  # (nh, 3): entropy, prev, first

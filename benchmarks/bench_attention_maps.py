@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from minigpt.callbacks import AttentionMaps
 from minigpt.data import embedded_corpus
+from minigpt.explorer import token_texts
 from minigpt.module import GPTModule
 from minigpt.plots import MAX_DRAWN_TOKENS, token_labels
 from minigpt.tokenizer import get_tokenizer
@@ -97,6 +98,7 @@ def main() -> None:
     enc = get_tokenizer(tokenizer)
     callback.ids = enc.encode_ordinary(embedded_corpus()[0])[: min(MAX_DRAWN_TOKENS, T)]
     callback.labels = token_labels(enc, callback.ids)
+    callback.tokens = token_texts(enc, callback.ids)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-attention-maps-"))
     # A stand-in for the trainer: what the callback reads of it.
     trainer = SimpleNamespace(global_step=0, default_root_dir=str(run_dir), loggers=[CSVLogger(run_dir, name="")])

@@ -3,14 +3,16 @@
 from pathlib import Path
 
 import lightning as L
+import wandb
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from minigpt.explorer import describe_model, token_texts, write_explorer
 from minigpt.generate import encode_prompt
 from minigpt.plots import (
     MAX_DRAWN_TOKENS,
     crop_to_block,
-    head_summaries,
+    layer_head_summaries,
     probe_attention,
     save_layer_maps,
     token_labels,
@@ -58,7 +60,9 @@ class AttentionMaps(L.Callback):
     training itself keeps the fused attention kernel) and the callback writes:
 
     - one PNG per layer, `<run dir>/attention/step-<step>/layer-<L>.png`: a grid of its heads' heatmaps;
-    - the same images to W&B under `attention_maps/layer<L>` when the logger is a `WandbLogger`;
+    - the explorer page beside them, `explorer.html`: every head, interactive (`minigpt.explorer`);
+    - the same images to W&B under `attention_maps/layer<L>`, and the page under `attention_explorer`, when the
+      logger is a `WandbLogger`;
     - per head, `attention/layer<L>.head<H>/{entropy,prev_token,first_token}` to the logger: the mean entropy of
       its attention (nats), and the shares of attention on the previous and on the first token.
     """
@@ -80,6 +84,7 @@ class AttentionMaps(L.Callback):
         self.probe = probe
         self.ids: list[int] = []  # the probe's tokens, set up when fitting starts
         self.labels: list[str] = []
+        self.tokens: list[dict] = []  # the probe's tokens as the explorer shows them
         self.note = ""
         self._validations = 0
         self._drawn_step = -1
@@ -105,7 +110,7 @@ class AttentionMaps(L.Callback):
                 print(f"attention maps: {self.note}", flush=True)
         if len(ids) < 2:
             raise ValueError(f"attention_maps.probe={self.probe!r} is {len(ids)} token: give at least 2 tokens")
-        self.ids, self.labels = ids, token_labels(enc, ids)
+        self.ids, self.labels, self.tokens = ids, token_labels(enc, ids), token_texts(enc, ids)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -127,22 +132,28 @@ class AttentionMaps(L.Callback):
 
     @rank_zero_only
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Path]:
-        """Run the probe; save and log its maps, and log its per-head scalars. The PNGs written."""
+        """Run the probe; save and log its maps and explorer page, and log its per-head scalars. The PNGs written."""
         step = trainer.global_step
         weights = probe_attention(pl_module.model, self.ids)
         out_dir = Path(trainer.default_root_dir) / "attention" / f"step-{step:06d}"
         note = ", ".join(filter(None, [f"step {step}", self.note]))
         paths = save_layer_maps(weights, self.labels, lambda layer: out_dir / f"layer-{layer}.png", note)
+        scores = layer_head_summaries(weights)  # name -> (n_layer, n_head)
+        model, source = describe_model(pl_module.model.config), trainer.default_root_dir
+        header = {"model": model, "step": step, "source": source, "probe": self.note}
+        explorer = write_explorer(out_dir / "explorer.html", weights, self.tokens, scores, header)
         scalars = {
             f"attention/layer{layer}.head{head}/{name}": value
-            for layer, w in enumerate(weights)
-            for name, values in head_summaries(w).items()
-            for head, value in enumerate(values.tolist())
+            for name, values in scores.items()
+            for layer, row in enumerate(values.tolist())
+            for head, value in enumerate(row)
         }
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             if isinstance(logger, WandbLogger):
                 for layer, path in enumerate(paths):
                     logger.log_image(f"attention_maps/layer{layer}", [str(path)], step=step, caption=[note])
+                # inject=False: W&B would otherwise add a stylesheet link, a fetch the page must not make.
+                logger.log_metrics({"attention_explorer": wandb.Html(str(explorer), inject=False)}, step=step)
         self._drawn_step = step
         return paths

@@ -11,10 +11,12 @@ import torch
 from matplotlib.image import imread
 
 from minigpt.callbacks import AttentionMaps
+from minigpt.explorer import token_texts
 from minigpt.model import GPT, GPTConfig
 from minigpt.module import GPTModule
 from minigpt.plots import MAX_DRAWN_TOKENS, draw_layer, figure_pixels, head_summaries, token_labels
 from minigpt.tokenizer import get_tokenizer
+from tests.explorer_pages import page_data
 from tests.skips import gpt2_or_skip
 from tests.test_sample import run_main, sample, write_checkpoint
 from tests.test_train import train
@@ -96,12 +98,14 @@ def test_the_probe_runs_in_eval_mode_without_gradients_and_training_mode_comes_b
 
     monkeypatch.setattr(GPT, "forward", spy)
     callback = AttentionMaps()
-    callback.ids, callback.labels = list(range(97, 107)), token_labels(BYTES, list(range(97, 107)))
+    ids = list(range(97, 107))
+    callback.ids, callback.labels, callback.tokens = ids, token_labels(BYTES, ids), token_texts(BYTES, ids)
     trainer = SimpleNamespace(global_step=4, default_root_dir=str(tmp_path), loggers=[])
     module.train()
     paths = callback.draw(trainer, module)
     assert seen == [(False, False)] and module.model.training
     assert paths == [tmp_path / "attention" / "step-000004" / f"layer-{layer}.png" for layer in (0, 1)]
+    assert (tmp_path / "attention" / "step-000004" / "explorer.html").is_file()
 
 
 @pytest.mark.parametrize(
@@ -148,8 +152,9 @@ def test_training_logs_maps_and_head_scalars_to_wandb_offline_and_saves_pngs(in_
     config, history = config_and_history(offline_run)
     assert config["config"]["attention_maps"]["every_n_validations"] == 1  # the callback's settings, from the CLI
     # Each layer's image under its own key; W&B stores a logged list of images as "images/separated".
-    images = [(row["trainer/global_step"], key) for row in history for key in row if key.endswith("/_type")]
-    assert sorted(images) == [(s, f"attention_maps/layer{layer}/_type") for s in (3, 6) for layer in (0, 1)]
+    media = sorted((row["trainer/global_step"], key) for row in history for key in row if key.endswith("/_type"))
+    images = [(s, f"attention_maps/layer{layer}/_type") for s in (3, 6) for layer in (0, 1)]
+    assert media == sorted(images + [(3, "attention_explorer/_type"), (6, "attention_explorer/_type")])
     for row in history:
         for layer in (0, 1):
             if f"attention_maps/layer{layer}/filenames" in row:
@@ -157,6 +162,17 @@ def test_training_logs_maps_and_head_scalars_to_wandb_offline_and_saves_pngs(in_
                 assert png_size(offline_run / "files" / media) == size
     scalars = [row for row in history if "attention/layer0.head0/entropy" in row]
     assert [row["trainer/global_step"] for row in scalars] == [3, 6]
+    # The explorer page beside the PNGs, and the same file in W&B under attention_explorer at each draw.
+    pages = [row for row in history if "attention_explorer/_type" in row]
+    assert [(row["trainer/global_step"], row["attention_explorer/_type"]) for row in pages] == [(3, "html-file")] + [
+        (6, "html-file")
+    ]
+    for row in pages:
+        page = run / "attention" / f"step-{row['trainer/global_step']:06d}" / "explorer.html"
+        assert (offline_run / "files" / row["attention_explorer/path"]).read_bytes() == page.read_bytes()
+        header = dict(page_data(page.read_text())["header"])
+        assert header["step"] == str(row["trainer/global_step"]) and header["source"] == "runs/w"
+        assert header["model"].startswith("2 layers × 2 heads") and header["tokens"] == "16"
     for row in scalars:
         for layer, head, name in np.ndindex(2, 2, len(SUMMARIES)):
             value = row[f"attention/layer{layer}.head{head}/{SUMMARIES[name]}"]
@@ -170,6 +186,8 @@ def test_without_wandb_a_text_probe_is_cropped_and_drawn_at_the_end_with_csv_sca
     assert "attention maps: probe cropped from 42 to block_size=16 tokens" in capsys.readouterr().out
     run = in_tmp / "runs" / "c"
     assert [p.name for p in (run / "attention").iterdir()] == ["step-000006"]  # only at the end of training
+    page = page_data((run / "attention" / "step-000006" / "explorer.html").read_text())
+    assert page["T"] == 16 and dict(page["header"])["probe"] == "probe cropped from 42 to block_size=16 tokens"
     assert png_size(run / "attention" / "step-000006" / "layer-0.png") == expected_size(
         2, token_labels(BYTES, BYTES.encode_ordinary(probe)[:16])
     )
@@ -208,11 +226,47 @@ def test_sample_maps_gpt2_with_its_bpe_tokens(tmp_path, capsys, monkeypatch):
     assert png_size(tmp_path / "g-layer0.png") == expected_size(4, labels)
 
 
+def test_sample_writes_the_explorer_page_for_an_html_name(tmp_path, capsys):
+    ckpt = tmp_path / "m.ckpt"
+    write_checkpoint(ckpt)  # 2 layers, 2 heads, block_size 32, bytes
+    out = tmp_path / "maps" / "attn.html"
+    code, stdout, err = run_main(
+        capsys, "--ckpt", str(ckpt), "--prompt", "def f(x):\n    return x", "--attention-map", str(out)
+    )
+    assert code == 0 and err == f"wrote {out}\n" and not list(tmp_path.glob("maps/*.png"))
+    page = page_data(out.read_text())
+    assert (page["n_layer"], page["n_head"], page["T"]) == (2, 2, 22)
+    assert dict(page["header"]) == {
+        "model": "2 layers × 2 heads, 32 wide, block 32, vocab 257",
+        "source": str(ckpt),
+        "tokens": "22",
+    }
+    assert [s["name"] for s in page["scores"]] == list(SUMMARIES)
+    assert len(stdout.splitlines()) == 1 + 2 * 2  # the table of head summaries, and no generated text
+
+
+def test_sample_writes_a_gpt2_small_shaped_explorer_within_its_size(tmp_path, capsys, monkeypatch):
+    gpt2 = gpt2_or_skip()
+    config = GPTConfig(vocab_size=50257, block_size=96, n_layer=12, n_head=12, n_embd=12)  # GPT-2 small's heads
+    monkeypatch.setattr(sample, "load_gpt2", lambda name: (GPT(config).eval(), "gpt2"))  # no weights offline
+    prompt = "The cat sat on the mat because it was tired. " * 8  # 89 GPT-2 tokens: the page shows 64
+    out = tmp_path / "gpt2.html"
+    assert run_main(capsys, "--init-from", "gpt2", "--prompt", prompt, "--attention-map", str(out))[0] == 0
+    page = page_data(out.read_text())
+    assert (page["n_layer"], page["n_head"], page["T"]) == (12, 12, 64)
+    assert [t["text"] for t in page["tokens"][:3]] == ["The", " cat", " sat"]
+    assert dict(page["header"])["tokens"] == f"the first 64 of {len(gpt2.encode_ordinary(prompt))}"
+    assert out.stat().st_size <= 1_500_000
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
         (["--prompt", ""], "--attention-map needs a prompt of at least 2 tokens"),
-        (["--prompt", "ab", "--attention-map", "{tmp}/map.jpg"], "name a .png file (layer L goes to map-layer<L>.png)"),
+        (
+            ["--prompt", "ab", "--attention-map", "{tmp}/map.jpg"],
+            "name a .png file (layer L goes to map-layer<L>.png) or an .html file (the explorer page)",
+        ),
     ],
 )
 def test_sample_bad_map_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
