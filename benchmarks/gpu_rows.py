@@ -297,8 +297,10 @@ def row_ttq(ctx: Context, result: Result, variant: str) -> None:
     # What is not training steps: start-up, compilation, validation, checkpoints, attention maps.
     steps_s = last_step * tokens_per_step / rate if rate and tokens_per_step else None
     overhead = f"; {done.seconds - steps_s:.1f} s of it not training steps" if steps_s else ""
-    result.item("whole run", f"{done.seconds:.1f} s, {last_step} steps{overhead}", wall_s=done.seconds,
-                steps=last_step, steps_s=steps_s, compile_cache_files_at_start=cached)  # fmt: skip
+    whole_mfu = ttq_mfu(ctx, last_step * tokens_per_step / done.seconds) if tokens_per_step else None
+    result.item("whole run", f"{done.seconds:.1f} s, {last_step} steps{overhead}{fmt_mfu(whole_mfu)} over it all",
+                wall_s=done.seconds, steps=last_step, steps_s=steps_s, mfu_whole_run=whole_mfu,
+                compile_cache_files_at_start=cached)  # fmt: skip
     if rate:
         result.item("training steps", f"{fmt_rate(rate)} tok/s{fmt_mfu(mfu)} (median of {len(rates)} logs)",
                     tokens_per_s=rate, mfu=mfu)  # fmt: skip
