@@ -108,7 +108,7 @@ def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: 
     vocab = hparams["vocab_size"]
     padding = {"pad_vocab_multiple": spec["pad_vocab"]} if "pad_vocab" in spec else {}
     torch.manual_seed(0)
-    module = GPTModule(**hparams, **padding).to(device)
+    module = GPTModule(**{**hparams, **padding}).to(device)  # the variant's padding over the config's
     model = module.model
     if "mode" in spec:
         model.compile(mode=spec["mode"])  # in place, as GPTModule(compile=True) does
