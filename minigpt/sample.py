@@ -1,9 +1,11 @@
 """Generate text from a trained run's checkpoint or from OpenAI's GPT-2 weights, printed as it is made.
 
-    python sample.py                                   # the newest run under runs/: best.ckpt, else last.ckpt
-    python sample.py --ckpt runs/x/checkpoints/last.ckpt --prompt "ROMEO:" --num-samples 3
-    python sample.py --init-from gpt2 --prompt "Hello, I'm a language model," --top-p 0.9
-    python sample.py --prompt "def f(x):" --attention-map maps.png  # maps-layer0.png, ...: no text generated
+    minigpt sample                                   # the newest run under runs/: best.ckpt, else last.ckpt
+    minigpt sample --ckpt runs/x/checkpoints/last.ckpt --prompt "ROMEO:" --num-samples 3
+    minigpt sample --init-from gpt2 --prompt "Hello, I'm a language model," --top-p 0.9
+    minigpt sample --prompt "def f(x):" --attention-map maps.png  # maps-layer0.png, ...: no text generated
+
+(`python sample.py ...` in a checkout is the same command.)
 
 The tokenizer and model shape come from the checkpoint. Prompts may not contain special tokens; an empty prompt
 starts from <|endoftext|>.
@@ -19,6 +21,7 @@ import tiktoken
 import torch
 
 from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
+from minigpt.errors import UserError, print_error
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, stream
 from minigpt.model import GPT
 from minigpt.plots import crop_to_block, head_summaries, probe_attention, save_layer_maps, token_labels
@@ -33,8 +36,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = OneLineErrorParser(prog=prog, description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--ckpt", help="checkpoint file (default: the newest run's best.ckpt, else last.ckpt)")
     source.add_argument("--init-from", choices=GPT2_NAMES, help="OpenAI's GPT-2 weights (needs transformers)")
@@ -74,11 +77,11 @@ def read_prompt(args: argparse.Namespace) -> str:
         with open(args.prompt_file, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise ValueError(f"prompt file {args.prompt_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UserError(f"prompt file {args.prompt_file} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
-        raise ValueError(f"prompt file {args.prompt_file} cannot be read: {e.strerror}") from None
+        raise UserError(f"prompt file {args.prompt_file} cannot be read: {e.strerror}") from None
     if not text.strip():
-        raise ValueError(f"prompt file {args.prompt_file} is empty: write a prompt in it, or pass --prompt ''")
+        raise UserError(f"prompt file {args.prompt_file} is empty: write a prompt in it, or pass --prompt ''")
     return text
 
 
@@ -86,9 +89,14 @@ def pick_device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch
     try:
         device = torch.device(args.device)
     except RuntimeError:
-        raise ValueError(f"--device {args.device!r} is not a torch device: try cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device here; use --device cpu")
+        raise UserError(f"--device {args.device!r} is not a torch device: try cpu or cuda") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if device.type not in available:
+        raise UserError(f"--device {args.device}: sample on cpu, cuda or mps")
+    if not available[device.type]:
+        raise UserError(f"--device {args.device}: no {device.type.upper()} device here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA devices")
     if args.dtype is not None:
         return device, DTYPES[args.dtype]
     gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -107,16 +115,21 @@ def run(args: argparse.Namespace) -> None:
     top_k = args.top_k or None
     check_sampling(args.temperature, top_k, args.top_p)
     if args.num_samples < 1 or args.max_new_tokens < 0:
-        raise ValueError(
+        raise UserError(
             f"--num-samples {args.num_samples} must be >= 1 and --max-new-tokens {args.max_new_tokens} >= 0"
         )
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed {args.seed} must lie in [0, 2**63)")
+    if args.attention_map is not None and not Path(args.attention_map).parent.is_dir():
+        folder = Path(args.attention_map).parent
+        raise UserError(f"--attention-map {args.attention_map}: there is no folder {folder} to write it in")
     prompt = read_prompt(args)
     device, dtype = pick_device_and_dtype(args)
     model, tokenizer_name, source = load_model(args)
     enc = get_tokenizer(tokenizer_name)
     ids = encode_prompt(enc, prompt)
     if max(ids) >= model.config.vocab_size:
-        raise ValueError(
+        raise UserError(
             f"tokenizer {tokenizer_name!r} gives token id {max(ids)}, beyond the model's vocab_size="
             f"{model.config.vocab_size}: the checkpoint's tokenizer and model do not match"
         )
@@ -163,9 +176,9 @@ def run(args: argparse.Namespace) -> None:
 def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out: Path, source: str) -> None:
     """--attention-map: the prompt's attention figures, out-layer<L>.png, and a table of per-head summaries."""
     if out.suffix.lower() != ".png":
-        raise ValueError(f"--attention-map {out}: name a .png file (layer L goes to {out.stem}-layer<L>.png)")
+        raise UserError(f"--attention-map {out}: name a .png file (layer L goes to {out.stem}-layer<L>.png)")
     if len(ids) < 2:
-        raise ValueError("--attention-map needs a prompt of at least 2 tokens: pass --prompt TEXT")
+        raise UserError("--attention-map needs a prompt of at least 2 tokens: pass --prompt TEXT")
     ids, cropped = crop_to_block(ids, model.config.block_size)
     if cropped:
         print(f"note: the prompt is {cropped}", file=sys.stderr)
@@ -181,15 +194,11 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`minigpt sample` (and `python sample.py`). A UserError is one line and exit code 2; anything else a traceback."""
+    args = parse_args(argv, prog)
     try:
         run(args)
-    except (ValueError, OSError, ImportError) as e:  # user errors: a bad value, file, or missing extra
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return print_error(e)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
