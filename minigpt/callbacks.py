@@ -47,7 +47,8 @@ class SaveLastOnInterrupt(L.Callback):
         self.path = Path(path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
+        # At step 0 there is nothing to keep: a fresh run interrupted then leaves no directory.
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit" and trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
             print(f"interrupted at step {trainer.global_step}: saved {self.path}", flush=True)
 

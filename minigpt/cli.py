@@ -18,7 +18,7 @@ from typing import Literal  # jsonargparse reads the argument types below
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from minigpt.callbacks import AttentionMaps, PrintProgress, SaveLastOnInterrupt
 from minigpt.checkpoint import load_checkpoint
 from minigpt.checkpoint_io import AtomicCheckpointIO
-from minigpt.console import ModelSummaryTable, quiet_lightning, report
+from minigpt.console import ModelSummaryTable, StepProgressBar, quiet_lightning, report
 from minigpt.data import TextDataModule
 from minigpt.errors import UserError, print_error
 from minigpt.generate import encode_prompt
@@ -132,10 +132,9 @@ class MiniGPTCLI(LightningCLI):
         ]
         if trainer_config.get("enable_model_summary") is not False:
             callbacks.append(ModelSummaryTable())
+        callbacks.append(PrintProgress())  # one line per validation; on a terminal, above the progress bar
         if trainer_config.get("enable_progress_bar"):
-            callbacks.append(RichProgressBar())
-        else:
-            callbacks.append(PrintProgress())
+            callbacks.append(StepProgressBar())
         try:
             trainer = super().instantiate_trainer(
                 default_root_dir=str(self.run_dir),

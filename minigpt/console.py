@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import ModelSummary, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.model_summary import get_human_readable_count, summarize
 
@@ -68,6 +68,20 @@ class ModelSummaryTable(ModelSummary):
         if hasattr(pl_module, "flops_per_token"):
             totals.append((get_human_readable_count(int(pl_module.flops_per_token)), "Training FLOPs per token"))
         print("\n".join([lines[0], rule, *lines[1:], rule, *(f"{value:<10}{label}" for value, label in totals)]))
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich's progress bar, on a terminal, showing the training loss, the last validation loss and tokens per second."""
+
+    SHOWN = {
+        "train/loss": ("loss", "{:.4f}"),
+        "val/loss": ("val loss", "{:.4f}"),
+        "train/tokens_per_sec": ("tok/s", "{:,.0f}"),
+    }
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
+        metrics = trainer.progress_bar_metrics
+        return {label: form.format(metrics[key]) for key, (label, form) in self.SHOWN.items() if key in metrics}
 
 
 def report(run_dir: Path, trainer: L.Trainer, module: L.LightningModule, encoding, sample_tokens: int, prompt: str):

@@ -269,12 +269,13 @@ class TextDataModule(L.LightningDataModule):
             raise UserError(f"val_fraction={val_fraction} must lie strictly between 0 and 1")
         if val_batches < 1:
             raise UserError(f"val_batches={val_batches} must be at least 1: the validation set needs a batch")
-        for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0)):
+        least_values = (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0))
+        for setting, value, least in least_values:
             if value < least:
-                raise UserError(f"data.{name}={value} must be >= {least}")
-        for name, value in (("token_budget", token_budget), ("num_proc", num_proc)):
+                raise UserError(f"data.{setting}={value} must be >= {least}")
+        for setting, value in (("token_budget", token_budget), ("num_proc", num_proc)):
             if value is not None and value < 1:
-                raise UserError(f"data.{name}={value} must be >= 1, or unset")
+                raise UserError(f"data.{setting}={value} must be >= 1, or unset")
         if os.path.exists(data_dir) and not os.path.isdir(data_dir):
             raise UserError(f"data.data_dir={data_dir!r} is a file: name a folder for the token caches")
         self.save_hyperparameters()
@@ -369,8 +370,8 @@ class TextDataModule(L.LightningDataModule):
                 return f"{split}.bin is missing or truncated"
             if os.path.getsize(self._bin(split)) != size:
                 return (
-                    f"{split}.bin is missing or truncated ({os.path.getsize(self._bin(split)):,} bytes, "
-                    f"meta.json says {meta['tokens'][split]:,} {meta['dtype']} tokens)"
+                    f"{split}.bin is missing or truncated: {os.path.getsize(self._bin(split)):,} bytes, "
+                    f"meta.json says {meta['tokens'][split]:,} {meta['dtype']} tokens"
                 )
         return None
 
@@ -549,7 +550,7 @@ class TextDataModule(L.LightningDataModule):
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=2)
         os.replace(meta_path + ".tmp", meta_path)
-        print(f"prepared {self.cache_dir} ({problem}): {counts['train']:,} train and {counts['val']:,} val tokens")
+        print(f"prepared {self.cache_dir}: {counts['train']:,} train and {counts['val']:,} val tokens ({problem})")
         self._check_windows(counts)
 
     # ---- loading -----------------------------------------------------------------------------------------

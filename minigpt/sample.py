@@ -120,9 +120,6 @@ def run(args: argparse.Namespace) -> None:
         )
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise UserError(f"--seed {args.seed} must lie in [0, 2**63)")
-    if args.attention_map is not None and not Path(args.attention_map).parent.is_dir():
-        folder = Path(args.attention_map).parent
-        raise UserError(f"--attention-map {args.attention_map}: there is no folder {folder} to write it in")
     prompt = read_prompt(args)
     device, dtype = pick_device_and_dtype(args)
     model, tokenizer_name, source = load_model(args)
