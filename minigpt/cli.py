@@ -135,12 +135,10 @@ class MiniGPTCLI(LightningCLI):
         callbacks.append(PrintProgress())  # one line per validation; on a terminal, above the progress bar
         if trainer_config.get("enable_progress_bar"):
             callbacks.append(StepProgressBar())
+        logger = make_logger(self.config.logger, self.run_dir)
         try:
             trainer = super().instantiate_trainer(
-                default_root_dir=str(self.run_dir),
-                logger=make_logger(self.config.logger, self.run_dir),
-                callbacks=callbacks,
-                **kwargs,
+                default_root_dir=str(self.run_dir), logger=logger, callbacks=callbacks, **kwargs
             )
         except (MisconfigurationException, ValueError, ImportError) as e:
             # Raised by the Trainer's checks of its own arguments (an accelerator or strategy this machine lacks, a
@@ -206,7 +204,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 def prepare(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`minigpt prepare`: build the token cache that the config's data settings name; no model, no training."""
     description = "Build the token cache of a config's data settings (minigpt prepare); only data.* options apply."
-    return run_command(argv, lambda args: PrepareCLI(args, prog, description).datamodule.prepare_data())
+    return run_command(argv, lambda args: prepare_cache(PrepareCLI(args, prog, description).datamodule))
+
+
+def prepare_cache(data: TextDataModule) -> None:
+    data.prepare_data()
+    data.check_windows()  # the config's block_size fits the data: say so now, not when training starts
 
 
 def run_command(argv: list[str] | None, command) -> int:

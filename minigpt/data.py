@@ -502,12 +502,19 @@ class TextDataModule(L.LightningDataModule):
         return counts, docs
 
     def prepare_data(self) -> None:
-        """Tokenize the source into the cache once; reuse the cache when its meta matches. Either way, check that
-        each split holds a window, before training starts anything else (a logger, a run directory)."""
+        """Tokenize the source into the cache once; reuse the cache when its meta matches.
+
+        Run by a Trainer, it also checks that each split holds a window: before training starts a logger or writes
+        a run directory.
+        """
+        self._build_cache()
+        if self.trainer is not None:
+            self.check_windows()
+
+    def _build_cache(self) -> None:
         fingerprint = self._fingerprint()
         problem = self._cache_problem(fingerprint)
         if problem is None:
-            self._check_windows(self._read_meta()["tokens"])
             return
         import datasets
 
@@ -551,7 +558,6 @@ class TextDataModule(L.LightningDataModule):
             json.dump(meta, f, indent=2)
         os.replace(meta_path + ".tmp", meta_path)
         print(f"prepared {self.cache_dir}: {counts['train']:,} train and {counts['val']:,} val tokens ({problem})")
-        self._check_windows(counts)
 
     # ---- loading -----------------------------------------------------------------------------------------
 
@@ -562,10 +568,11 @@ class TextDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"no token cache in {self.cache_dir}; call prepare_data() first")
         self.dtype = meta["dtype"]
         self.data = {split: np.memmap(self._bin(split), dtype=self.dtype, mode="r") for split in SPLITS}
-        self._check_windows({split: len(data) for split, data in self.data.items()})
+        self.check_windows({split: len(data) for split, data in self.data.items()})
 
-    def _check_windows(self, tokens: dict[str, int]) -> None:
-        """UserError unless each split's token count holds one window of block_size + 1 tokens."""
+    def check_windows(self, tokens: dict[str, int] | None = None) -> None:
+        """UserError unless each split holds one window of block_size + 1 tokens; counts: the prepared cache's."""
+        tokens = tokens or self._read_meta()["tokens"]
         for split in SPLITS:
             if tokens[split] < self.block_size + 1:
                 raise UserError(

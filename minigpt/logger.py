@@ -12,19 +12,20 @@ from minigpt.errors import UserError
 def wandb_mode() -> Literal["online", "offline", "disabled"]:
     """What `wandb.init` would do here, decided without a prompt and without the network.
 
-    `wandb.setup()` resolves WANDB_MODE and WANDB_BASE_URL with the settings files (`wandb offline`, `wandb login
+    wandb's settings resolve WANDB_MODE and WANDB_BASE_URL with the settings files (`wandb offline`, `wandb login
     --host`) as wandb.init does; wandb's own credential lookup then looks, for that host, at WANDB_API_KEY,
     WANDB_IDENTITY_TOKEN_FILE, the netrc file (~/.netrc or $NETRC) and the settings files' api_key. Online when it
     finds credentials: nothing is verified with the server here, wandb.init does that.
     """
-    import wandb
     from wandb.errors import AuthenticationError
 
-    # wandb has no public lookup that neither prompts nor prints (wandb.login asks the server who is logged in):
-    # its session authentication, with the prompt turned off, is the lookup wandb.init itself runs first.
+    # wandb has no public lookup that neither prompts nor prints (wandb.login asks the server who is logged in, and
+    # wandb.setup() starts wandb's service process): its settings singleton and its session authentication, with
+    # the prompt turned off, are what wandb.init itself consults first.
+    from wandb.sdk import wandb_setup
     from wandb.sdk.lib import wbauth
 
-    settings = wandb.setup().settings
+    settings = wandb_setup.singleton().settings
     if settings.mode == "disabled":
         return "disabled"
     if settings.mode in ("offline", "dryrun"):
@@ -74,7 +75,7 @@ def make_logger(kind: str | bool, run_dir: Path) -> Logger | bool:
             f"`wandb sync {run_dir / 'wandb'}/offline-run-*`"
         )
     # An absolute directory: W&B's service process resolves paths against its own working directory. The mode goes in
-    # the run's settings: wandb.setup() above has read the environment already. Offline, the line above replaces
+    # the run's settings: wandb's settings singleton has read the environment already. Offline, the line above replaces
     # wandb's own banner (silent); online, wandb still prints where the run is (quiet: no closing table of every
     # metric, the run's own report follows).
     settings = wandb.Settings(mode="offline", silent=True) if mode == "offline" else wandb.Settings(quiet=True)
