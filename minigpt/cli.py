@@ -322,12 +322,9 @@ def check_settings(cli: MiniGPTCLI) -> None:
     for name in ("log_every_n_steps", "accumulate_grad_batches"):
         if getattr(trainer, name) < 1:
             raise UserError(f"trainer.{name}={getattr(trainer, name)} must be >= 1")
-    interval = trainer.val_check_interval
-    if isinstance(interval, float) or (isinstance(interval, int) and interval < 1):
-        raise UserError(
-            f"trainer.val_check_interval={interval}: give a number of steps >= 1 (the training stream is endless, "
-            "so a fraction of an epoch never comes)"
-        )
+    interval = trainer.val_check_interval  # Lightning refuses a fraction of an epoch itself (the stream is endless)
+    if isinstance(interval, int) and interval < 1:
+        raise UserError(f"trainer.val_check_interval={interval}: give a number of steps >= 1")
     if cli.datamodule.val_batches < trainer.world_size:
         raise UserError(
             f"data.val_batches={cli.datamodule.val_batches} is fewer than the {trainer.world_size} training "

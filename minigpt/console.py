@@ -39,8 +39,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Token-cache preparation: `datasets` draws its progress bars on a terminal only; a log gets the one line.
-    if not sys.stderr.isatty():
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty() and "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when `datasets` is imported
+        if "datasets" in sys.modules:  # imported already (main called in-process)
+            sys.modules["datasets"].disable_progress_bars()
 
 
 class ModelSummaryTable(ModelSummary):

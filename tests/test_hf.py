@@ -57,7 +57,7 @@ def test_unknown_gpt2_name_is_a_value_error():
 
 def test_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
-    with pytest.raises(UserError, match=r"pip install 'minigpt\[hf\]'"):
+    with pytest.raises(UserError, match=r"needs the transformers package: pip install 'minigpt\[hf\]'"):
         load_gpt2("gpt2")
 
 
