@@ -1,4 +1,4 @@
-"""Train a GPT with Lightning.
+"""Train a GPT with Lightning: `minigpt train`, run from a checkout.
 
 python train.py                                   # the default config: offline, ~3 minutes on a CPU
 python train.py --config configs/shakespeare_char.yaml --model.n_layer 4 --trainer.max_steps 200

@@ -7,6 +7,7 @@ import wandb
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from minigpt.errors import UserError
 from minigpt.explorer import describe_model, token_texts, write_explorer
 from minigpt.generate import encode_prompt
 from minigpt.plots import (
@@ -48,7 +49,8 @@ class SaveLastOnInterrupt(L.Callback):
         self.path = Path(path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
+        # At step 0 there is nothing to keep: a fresh run interrupted then leaves no directory.
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit" and trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
             print(f"interrupted at step {trainer.global_step}: saved {self.path}", flush=True)
 
@@ -76,7 +78,7 @@ class AttentionMaps(L.Callback):
                 is fixed for a dataset. A probe longer than the model's block_size is cropped to it.
         """
         if every_n_validations < 0:
-            raise ValueError(
+            raise UserError(
                 f"attention_maps.every_n_validations={every_n_validations} must be >= 0 (0: only at the end)"
             )
         self.every_n_validations = every_n_validations
@@ -102,14 +104,14 @@ class AttentionMaps(L.Callback):
             try:
                 ids = encode_prompt(enc, self.probe)
             except ValueError as e:  # name the setting: the message itself speaks of a prompt
-                raise ValueError(f"attention_maps.probe: {e}") from None
+                raise UserError(f"attention_maps.probe: {e}") from None
         ids, cropped = crop_to_block(ids, pl_module.model.config.block_size)
         if cropped:  # said once here, and in every figure's title
             self.note = f"probe {cropped}"
             if trainer.is_global_zero:
                 print(f"attention maps: {self.note}", flush=True)
         if len(ids) < 2:
-            raise ValueError(f"attention_maps.probe={self.probe!r} is {len(ids)} token: give at least 2 tokens")
+            raise UserError(f"attention_maps.probe={self.probe!r} is {len(ids)} token: give at least 2 tokens")
         self.ids, self.labels, self.tokens = ids, token_labels(enc, ids), token_texts(enc, ids)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from minigpt.errors import UserError
 from minigpt.model import GPT, GPTConfig
 
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # in order of preference within a run
@@ -27,9 +28,7 @@ def find_checkpoint(runs_dir: str | Path = "runs") -> Path:
     runs_dir = Path(runs_dir)
     written = [p for p in runs_dir.glob("*/checkpoints/*.ckpt") if p.name in CHECKPOINT_NAMES and p.is_file()]
     if not written:
-        raise FileNotFoundError(
-            f"no checkpoint under {runs_dir}/: train one with `python train.py` or pass --ckpt PATH"
-        )
+        raise UserError(f"no checkpoint under {runs_dir}/: train one with `minigpt train` or pass --ckpt PATH")
     newest_run = max(written, key=lambda p: p.stat().st_mtime).parent
     return next(newest_run / name for name in CHECKPOINT_NAMES if (newest_run / name).is_file())
 
@@ -38,35 +37,35 @@ def load_checkpoint(path: str | Path) -> tuple[GPT, str]:
     """(model in eval mode on the CPU, tokenizer name) from a training checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: pass the path of a .ckpt file")
+        raise UserError(f"checkpoint {path} does not exist: pass the path of a .ckpt file")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch.load's own errors here are cryptic
-        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint (no complete zip archive)")
+        raise UserError(f"checkpoint {path} is truncated or not a torch checkpoint (no complete zip archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} holds Python objects that torch.load(weights_only=True) does not load"
             f"{f' ({refused[1]})' if refused else ''}: a checkpoint may hold only tensors and plain types"
         ) from None
     except Exception as e:  # torch reports damaged archives in many types: RuntimeError, OSError, EOFError, ...
-        raise ValueError(f"checkpoint {path} cannot be read by torch.load: {_one_line(e)}") from None
+        raise UserError(f"checkpoint {path} cannot be read by torch.load: {_one_line(e)}") from None
     meta = ckpt.get("minigpt") if isinstance(ckpt, dict) else None
     state_dict = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not (isinstance(meta, dict) and {"model_config", "tokenizer"} <= meta.keys() and isinstance(state_dict, dict)):
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} is not a minigpt checkpoint: it lacks 'state_dict' or 'minigpt' "
             "(model_config, tokenizer), which train.py writes"
         )
     try:
         model = GPT(GPTConfig(**meta["model_config"]))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {path} has an unusable model_config: {e}") from None
+        raise UserError(f"checkpoint {path} has an unusable model_config: {e}") from None
     weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise ValueError(f"checkpoint {path}: its weights do not fit its model_config: {_one_line(e)}") from None
+        raise UserError(f"checkpoint {path}: its weights do not fit its model_config: {_one_line(e)}") from None
     return model.eval(), meta["tokenizer"]
 
 
@@ -76,19 +75,19 @@ def load_gpt2(name: str = "gpt2") -> tuple[GPT, str]:
     The local HuggingFace cache is tried first, so a cached model loads with no network.
     """
     if name not in GPT2_NAMES:
-        raise ValueError(f"unknown GPT-2 model {name!r}: pick one of {', '.join(GPT2_NAMES)}")
+        raise UserError(f"unknown GPT-2 model {name!r}: pick one of {', '.join(GPT2_NAMES)}")
     try:
         from huggingface_hub import constants
         from transformers import GPT2LMHeadModel
     except ImportError:
-        raise ImportError(
+        raise UserError(
             "loading GPT-2 weights needs the transformers package: pip install 'minigpt[hf]' (or the dev extra)"
         ) from None
     try:
         hf_model = GPT2LMHeadModel.from_pretrained(name, local_files_only=True)
     except OSError:
         if constants.HF_HUB_OFFLINE:
-            raise OSError(
+            raise UserError(
                 f"GPT-2 weights {name!r} are not in the HuggingFace cache ({constants.HF_HUB_CACHE}) and "
                 "HF_HUB_OFFLINE is set: download them once with network, point HF_HOME at a cache holding them, "
                 "or sample from a checkpoint with --ckpt"
@@ -106,7 +105,7 @@ def _download_gpt2(model_class, name: str):
     try:
         return model_class.from_pretrained(name)
     except OSError:
-        raise OSError(
+        raise UserError(
             f"cannot download GPT-2 weights {name!r} from the HuggingFace hub (no network?): connect once so they "
             "are cached, point HF_HOME at a cache holding them, or sample from a checkpoint with --ckpt"
         ) from None

@@ -1,34 +1,39 @@
-"""The training command line: Lightning's CLI without subcommands, one directory per run.
+"""The `minigpt train` and `minigpt prepare` commands: Lightning's CLI without subcommands, one directory per run.
 
 `train.py` is a thin wrapper around `main`. Everything a run writes goes under `runs/<name>/`: the resolved
-`config.yaml`, `checkpoints/{last,best}.ckpt` and the logger's files.
+`config.yaml`, `checkpoints/{last,best}.ckpt` and the logger's files. Settings are checked before anything is
+prepared, downloaded or written, and a fresh run that fails before its first training step leaves no directory.
+`prepare` reads the same configs and options and only builds the token cache the data settings name.
 """
 
-import logging
-import netrc
-import os
+import contextlib
+import shutil
 import sys
 import time
-import warnings
 from dataclasses import asdict
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Literal  # jsonargparse reads the argument types below
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minigpt.callbacks import AttentionMaps, PrintProgress, SaveLastOnInterrupt
 from minigpt.checkpoint import load_checkpoint
 from minigpt.checkpoint_io import AtomicCheckpointIO
+from minigpt.console import ModelSummaryTable, StepProgressBar, quiet_lightning, report
 from minigpt.data import TextDataModule
-from minigpt.generate import encode_prompt, generate
+from minigpt.errors import UserError, print_error
+from minigpt.generate import encode_prompt
+from minigpt.logger import make_logger
 from minigpt.module import GPTModule
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = "default.yaml"
 
 
 def default_precision() -> str:
@@ -59,13 +64,14 @@ class LogResolvedConfig(SaveConfigCallback):
 
 
 class MiniGPTCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None):
+    def __init__(self, args: list[str] | None = None, prog: str | None = None, description: str | None = None):
         super().__init__(
             GPTModule,
             TextDataModule,
             run=False,
             args=args,
             parser_class=OneLineErrorParser,
+            parser_kwargs={"prog": prog, "description": description or "Train a GPT (minigpt train)."},
             save_config_callback=LogResolvedConfig,
             save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config.yaml
             seed_everything_default=1337,
@@ -94,7 +100,7 @@ class MiniGPTCLI(LightningCLI):
             "--logger",
             type=Literal["wandb", "csv"] | bool,
             default="wandb",
-            help="wandb (online when logged in, else offline in the run directory), csv, or false for none.",
+            help="wandb (online when wandb finds credentials, else offline in the run directory), csv, or false.",
         )
         parser.add_argument("--sample_tokens", type=int, default=300, help="Tokens of text printed after training.")
         parser.add_argument("--sample_prompt", type=str, default="", help="Prompt of that sample.")
@@ -124,35 +130,51 @@ class MiniGPTCLI(LightningCLI):
             ),
             SaveLastOnInterrupt(self.run_dir / "checkpoints" / "last.ckpt"),
         ]
+        if trainer_config.get("enable_model_summary") is not False:
+            callbacks.append(ModelSummaryTable())
+        callbacks.append(PrintProgress())  # one line per validation; on a terminal, above the progress bar
         if trainer_config.get("enable_progress_bar"):
-            callbacks.append(RichProgressBar())
-        else:
-            callbacks.append(PrintProgress())
-        trainer = super().instantiate_trainer(
-            default_root_dir=str(self.run_dir),
-            logger=make_logger(self.config.logger, self.run_dir),
-            callbacks=callbacks,
-            **kwargs,
-        )
+            callbacks.append(StepProgressBar())
+        logger = make_logger(self.config.logger, self.run_dir)
+        try:
+            trainer = super().instantiate_trainer(
+                default_root_dir=str(self.run_dir), logger=logger, callbacks=callbacks, **kwargs
+            )
+        except (MisconfigurationException, ValueError, ImportError) as e:
+            # Raised by the Trainer's checks of its own arguments (an accelerator or strategy this machine lacks, a
+            # device count it does not have), from the trainer.* settings; nothing has run yet.
+            raise UserError(f"trainer settings: {e}") from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a writer the config chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
 
+class PrepareCLI(MiniGPTCLI):
+    """The training command's configs and options; only the data module is built, to prepare its token cache."""
+
+    def before_instantiate_classes(self) -> None:
+        pass  # no run directory
+
+    def instantiate_classes(self) -> None:
+        self.datamodule = TextDataModule(**vars(self.config.data))
+
+
 def resolve_run(runs_dir: str, name: str | None, ckpt_path: str | None) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to resume from (None for a fresh run)."""
     runs = Path(runs_dir)
+    if runs.exists() and not runs.is_dir():
+        raise UserError(f"runs_dir={runs_dir!r} is a file: name a folder for the run directories")
     if ckpt_path == "last":
         run_dir = runs / name if name else newest_run(runs)
         last = run_dir / "checkpoints" / "last.ckpt" if run_dir else None
         if last is None or not last.is_file():
             where = run_dir if run_dir else runs
-            raise FileNotFoundError(f"no last.ckpt under {where} to resume from: train first, or pass --ckpt_path PATH")
+            raise UserError(f"no last.ckpt under {where} to resume from: train first, or pass --ckpt_path PATH")
         return run_dir, last
     if ckpt_path is not None:
         ckpt = Path(ckpt_path)
         if not ckpt.is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt} does not exist: pass --ckpt_path last or an existing .ckpt")
+            raise UserError(f"checkpoint {ckpt} does not exist: pass --ckpt_path last or an existing .ckpt")
         # A checkpoint inside runs/<name>/checkpoints/ continues in that run's directory.
         if name is None and ckpt.parent.name == "checkpoints":
             return ckpt.parent.parent, ckpt
@@ -174,78 +196,81 @@ def fresh_name(runs: Path) -> str:
     return name
 
 
-def wandb_logged_in() -> bool:
-    """True when W&B has credentials (API key in the environment or ~/.netrc) and is not forced offline."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        return False
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`minigpt train` (and `python train.py`): parse, check, train, report. A UserError is one line, exit code 2."""
+    return run_command(argv, lambda args: train(args, prog))
 
 
-def make_logger(kind: str | bool, run_dir: Path) -> Logger | bool:
-    if kind is False:
-        return False
-    if kind is True or kind == "wandb":
-        online = wandb_logged_in()
-        if not online:
-            print(
-                f"W&B: not logged in, logging offline to {run_dir / 'wandb'}; upload later with "
-                f"`wandb sync {run_dir / 'wandb'}/offline-run-*`"
-            )
-        import wandb
-
-        # An absolute directory: W&B's service process resolves paths against its own working directory. Quiet:
-        # no closing table of every metric (the run's own report follows); the run's address still shows.
-        return WandbLogger(
-            save_dir=str(run_dir.resolve()), project="minigpt", name=run_dir.name, offline=not online,
-            settings=wandb.Settings(quiet=True),
-        )  # fmt: skip
-    return CSVLogger(save_dir=str(run_dir), name="", version="")
+def prepare(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`minigpt prepare`: build the token cache that the config's data settings name; no model, no training."""
+    description = "Build the token cache of a config's data settings (minigpt prepare); only data.* options apply."
+    return run_command(argv, lambda args: prepare_cache(PrepareCLI(args, prog, description).datamodule))
 
 
-def quiet_lightning() -> None:
-    """Drop Lightning's advertising and warnings about its own internals from the run's output."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith(("💡 Tip", "Seed set to"))
-    )
-    # seed_everything logs through its own logger ("[rank: R] Seed set to N" under DDP).
-    logging.getLogger("lightning.fabric.utilities.seed").addFilter(lambda record: "Seed set to" not in str(record.msg))
-    # main() always hands LightningCLI the argument list (it adds the default --config).
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+def prepare_cache(data: TextDataModule) -> None:
+    data.prepare_data()
+    data.check_windows()  # the config's block_size fits the data: say so now, not when training starts
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(argv: list[str] | None, command) -> int:
+    """Run command(args) on the arguments, with the default config unless one is given; the exit code."""
     quiet_lightning()
     # TF32 tensor cores for the float32 matmuls that remain (all of them under 32-true precision).
     torch.set_float32_matmul_precision("high")
     args = list(sys.argv[1:] if argv is None else argv)
     # `python train.py` alone trains the default config; a --config given replaces it.
     if not any(arg in ("-c", "--config") or arg.startswith("--config=") for arg in args):
-        args = ["--config", str(DEFAULT_CONFIG), *args]
+        args = ["--config", DEFAULT_CONFIG, *args]
     try:
-        check_config_files(args)
-        cli = MiniGPTCLI(args)  # parse errors and --print_config exit through SystemExit
-        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
-    except SystemExit as exit_:
+        with contextlib.ExitStack() as shipped_files:
+            args = resolve_config_paths(args, shipped_files)
+            check_config_files(args)
+            command(args)
+    except SystemExit as exit_:  # parse errors, --help and --print_config
         return exit_.code or 0
-    except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except UserError as err:
+        return print_error(err)
+    return 0
+
+
+def train(args: list[str], prog: str | None = None) -> None:
+    cli = MiniGPTCLI(args, prog)
+    check_settings(cli)
+    fit(cli)
     if cli.trainer.is_global_zero:
-        report(cli)
+        config = cli.config
+        report(cli.run_dir, cli.trainer, cli.model, cli.datamodule.encoding, config.sample_tokens, config.sample_prompt)
     if isinstance(cli.trainer.logger, WandbLogger):
         import wandb
 
         wandb.finish()  # flush the run's files now, not at interpreter exit
-    return 0
+
+
+def resolve_config_paths(args: list[str], shipped_files: contextlib.ExitStack) -> list[str]:
+    """args with each --config or --data value that is no file here but names a shipped config replaced by that
+    config's path: `--config shakespeare_char`, `--config configs/gpt2_124m.yaml` outside a checkout, `--data
+    tinystories` for configs/data/tinystories.yaml. The shipped configs are package data (minigpt.configs)."""
+    resolved = list(args)
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("-c", "--config", "--data"):
+            continue
+        if not eq:
+            if i + 1 >= len(args):
+                continue
+            i, value = i + 1, args[i + 1]
+        if Path(value).is_file() or value.lstrip().startswith(("{", "[")):  # a file here, or YAML text
+            continue
+        shipped = files("minigpt.configs")
+        relative = value.removeprefix("configs/")
+        if flag == "--data" and not relative.startswith("data/"):
+            relative = f"data/{relative}"
+        for candidate in (relative, f"{relative}.yaml"):
+            if candidate.endswith(".yaml") and shipped.joinpath(candidate).is_file():
+                path = str(shipped_files.enter_context(as_file(shipped.joinpath(candidate))))
+                resolved[i] = f"{flag}={path}" if eq else path
+                break
+    return resolved
 
 
 def check_config_files(args: list[str]) -> None:
@@ -265,7 +290,7 @@ def check_config_files(args: list[str]) -> None:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(e, "problem", None) or " ".join(str(e).split())
-            raise ValueError(f"config {path} is not valid YAML: {problem}{where}") from None
+            raise UserError(f"config {path} is not valid YAML: {problem}{where}") from None
 
 
 def check_resumable(ckpt_path: Path, module: GPTModule) -> None:
@@ -277,27 +302,52 @@ def check_resumable(ckpt_path: Path, module: GPTModule) -> None:
             for key, value in asdict(saved.config).items()
             if getattr(module.config, key) != value
         )
-        raise ValueError(
+        raise UserError(
             f"checkpoint {ckpt_path} is of another model shape: {differ}; resume with the run's config.yaml"
         )
 
 
-def report(cli: MiniGPTCLI) -> None:
-    """Where the run's files are, and a sample from the model just trained."""
-    ckpt_dir = cli.run_dir / "checkpoints"
-    print(f"\nrun directory: {cli.run_dir}")
-    print(f"  config:      {cli.run_dir / 'config.yaml'}")
-    for path in sorted(ckpt_dir.glob("*.ckpt")):
-        print(f"  checkpoint:  {path}")
-    if isinstance(cli.trainer.logger, WandbLogger):
-        print(f"  W&B run:     {cli.run_dir / 'wandb'}")
-    elif isinstance(cli.trainer.logger, CSVLogger):
-        print(f"  metrics:     {Path(cli.trainer.logger.log_dir) / 'metrics.csv'}")
-    if cli.config.sample_tokens <= 0:
-        return
-    enc = cli.datamodule.encoding
-    model = cli.model.model.eval()
-    prompt = torch.tensor([encode_prompt(enc, cli.config.sample_prompt)], device=cli.model.device)  # (1, T)
-    tokens = generate(model, prompt, cli.config.sample_tokens, temperature=0.8, top_k=200, seed=0)
-    print(f"\nsample ({cli.config.sample_tokens} tokens, temperature 0.8):")
-    print(enc.decode(tokens[0, prompt.size(1) :].tolist()))
+def check_settings(cli: MiniGPTCLI) -> None:
+    """Refuse settings that cannot train, before any data is prepared, W&B is started or a run directory is made.
+
+    Each class checks its own fields when it is built (GPTConfig, GPTModule, TextDataModule, the Trainer); these are
+    the settings that only fail later, or only together.
+    """
+    trainer, hparams = cli.trainer, cli.model.hparams
+    if trainer.max_steps == 0 or (trainer.max_steps < 0 and hparams.decay_steps is None):
+        raise UserError(
+            f"trainer.max_steps={trainer.max_steps}: give the number of steps to train (or model.decay_steps, "
+            "where the learning-rate schedule ends, to train without a limit)"
+        )
+    for name in ("log_every_n_steps", "accumulate_grad_batches"):
+        if getattr(trainer, name) < 1:
+            raise UserError(f"trainer.{name}={getattr(trainer, name)} must be >= 1")
+    interval = trainer.val_check_interval  # Lightning refuses a fraction of an epoch itself (the stream is endless)
+    if isinstance(interval, int) and interval < 1:
+        raise UserError(f"trainer.val_check_interval={interval}: give a number of steps >= 1")
+    if cli.datamodule.val_batches < trainer.world_size:
+        raise UserError(
+            f"data.val_batches={cli.datamodule.val_batches} is fewer than the {trainer.world_size} training "
+            f"processes, which share them: set data.val_batches to at least {trainer.world_size}"
+        )
+    if cli.config.sample_tokens > 0:
+        try:
+            encode_prompt(cli.datamodule.encoding, cli.config.sample_prompt)
+        except UserError as e:
+            raise UserError(f"sample_prompt: {e}") from None
+
+
+def fit(cli: MiniGPTCLI) -> None:
+    """Train. A fresh run that fails before its first training step (a bad setting found only by then, Ctrl-C while
+    the data is prepared) leaves no run directory behind; a resumed run's directory is always kept."""
+    fresh = not cli.run_dir.exists()
+    try:
+        cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+    except BaseException:
+        if fresh and cli.trainer.global_step == 0 and cli.trainer.is_global_zero:
+            if isinstance(cli.trainer.logger, WandbLogger):
+                import wandb
+
+                wandb.finish(exit_code=1)  # W&B's files are closed before their folder goes
+            shutil.rmtree(cli.run_dir, ignore_errors=True)
+        raise

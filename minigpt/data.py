@@ -27,6 +27,7 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from minigpt.errors import UserError
 from minigpt.tokenizer import available, get_tokenizer
 
 if TYPE_CHECKING:
@@ -259,15 +260,24 @@ class TextDataModule(L.LightningDataModule):
         super().__init__()
         # Fail on arguments now, before any download; the tokenizer itself loads only when first needed.
         if source not in ("embedded", "text", "hub"):
-            raise ValueError(f"unknown source {source!r}; use embedded, text or hub")
+            raise UserError(f"unknown source {source!r}; use embedded, text or hub")
         if source != "embedded" and not path:
-            raise ValueError(f"source {source!r} needs a path (a file, folder, glob, URL or hub dataset id)")
+            raise UserError(f"source {source!r} needs a path (a file, folder, glob, URL or hub dataset id)")
         if tokenizer not in available():
-            raise ValueError(f"unknown tokenizer {tokenizer!r}; available: {', '.join(available())}")
+            raise UserError(f"unknown tokenizer {tokenizer!r}; available: {', '.join(available())}")
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction} must lie strictly between 0 and 1")
+            raise UserError(f"val_fraction={val_fraction} must lie strictly between 0 and 1")
         if val_batches < 1:
-            raise ValueError(f"val_batches={val_batches} must be at least 1: the validation set needs a batch")
+            raise UserError(f"val_batches={val_batches} must be at least 1: the validation set needs a batch")
+        least_values = (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0))
+        for setting, value, least in least_values:
+            if value < least:
+                raise UserError(f"data.{setting}={value} must be >= {least}")
+        for setting, value in (("token_budget", token_budget), ("num_proc", num_proc)):
+            if value is not None and value < 1:
+                raise UserError(f"data.{setting}={value} must be >= 1, or unset")
+        if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+            raise UserError(f"data.data_dir={data_dir!r} is a file: name a folder for the token caches")
         self.save_hyperparameters()
         self.source, self.path, self.name, self.split = source, path, name, split
         self.text_column, self.streaming, self.token_budget = text_column, streaming, token_budget
@@ -306,7 +316,7 @@ class TextDataModule(L.LightningDataModule):
         pattern = os.path.join(self.path, "**", "*.txt") if os.path.isdir(self.path) else self.path
         files = sorted(glob.glob(pattern, recursive=True))
         if not files:
-            raise FileNotFoundError(
+            raise UserError(
                 f"no text file at path={self.path!r}; give a .txt file, a folder of them or a glob like 'books/*.txt'"
             )
         return files
@@ -360,8 +370,8 @@ class TextDataModule(L.LightningDataModule):
                 return f"{split}.bin is missing or truncated"
             if os.path.getsize(self._bin(split)) != size:
                 return (
-                    f"{split}.bin is missing or truncated ({os.path.getsize(self._bin(split)):,} bytes, "
-                    f"meta.json says {meta['tokens'][split]:,} {meta['dtype']} tokens)"
+                    f"{split}.bin is missing or truncated: {os.path.getsize(self._bin(split)):,} bytes, "
+                    f"meta.json says {meta['tokens'][split]:,} {meta['dtype']} tokens"
                 )
         return None
 
@@ -420,18 +430,24 @@ class TextDataModule(L.LightningDataModule):
             raise self._offline_error(e) from None
         except FileNotFoundError as e:
             first_line = str(e).splitlines()[0]
-            raise FileNotFoundError(f"no dataset {self.path!r} on the hub or on disk ({first_line})") from None
+            raise UserError(f"no dataset {self.path!r} on the hub or on disk ({first_line})") from None
+        except ValueError as e:  # datasets refusing the name or split it was given, before reading anything
+            first_line = str(e).splitlines()[0]
+            raise UserError(
+                f"dataset {self.path!r} has no name={self.name!r} or no split={self.split!r} ({first_line}); "
+                "set data.name and data.split to ones it has"
+            ) from None
         # A stream may not know its columns before the first row; then a wrong column fails on that row.
         if ds.column_names is not None and self.text_column not in ds.column_names:
-            raise ValueError(
+            raise UserError(
                 f"text_column={self.text_column!r} is not a column of {self.path!r} (columns: "
                 f"{', '.join(ds.column_names)}); set text_column to the one that holds the text"
             )
         return ds
 
-    def _offline_error(self, e: Exception) -> ValueError:
+    def _offline_error(self, e: Exception) -> UserError:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return ValueError(
+        return UserError(
             f"cannot download {self.path!r} ({reason}); with no network or HF_HUB_OFFLINE=1 only cached data "
             f"loads: run once online to cache it, or use local files (source: text, path: your.txt) "
             f"or the embedded default (source: embedded)"
@@ -486,14 +502,22 @@ class TextDataModule(L.LightningDataModule):
         return counts, docs
 
     def prepare_data(self) -> None:
-        """Tokenize the source into the cache once; reuse the cache when its meta matches."""
+        """Tokenize the source into the cache once; reuse the cache when its meta matches.
+
+        Run by a Trainer, it also checks that each split holds a window: before training starts a logger or writes
+        a run directory.
+        """
+        self._build_cache()
+        if self.trainer is not None:
+            self.check_windows()
+
+    def _build_cache(self) -> None:
         fingerprint = self._fingerprint()
         problem = self._cache_problem(fingerprint)
         if problem is None:
             return
         import datasets
 
-        print(f"preparing {self.cache_dir}: {problem}")
         ds, column = self._load()
         enc = self.encoding
         dtype = "uint16" if enc.n_vocab <= 2**16 else "uint32"
@@ -514,7 +538,7 @@ class TextDataModule(L.LightningDataModule):
         try:
             counts, docs = self._write(tokens, dtype, batch_rows)
             if sum(counts.values()) == docs:  # nothing but the end-of-text tokens
-                raise ValueError(f"source {self.path or self.source!r} holds no text; give a non-empty source")
+                raise UserError(f"source {self.path or self.source!r} holds no text; give a non-empty source")
         except BaseException:
             # Leave nothing half-written behind (Ctrl-C included); the old cache, if any, stays as it was.
             for split in SPLITS:
@@ -533,7 +557,7 @@ class TextDataModule(L.LightningDataModule):
         with open(meta_path + ".tmp", "w") as f:
             json.dump(meta, f, indent=2)
         os.replace(meta_path + ".tmp", meta_path)
-        print(f"wrote {counts['train']:,} train and {counts['val']:,} val tokens to {self.cache_dir}")
+        print(f"prepared {self.cache_dir}: {counts['train']:,} train and {counts['val']:,} val tokens ({problem})")
 
     # ---- loading -----------------------------------------------------------------------------------------
 
@@ -544,11 +568,16 @@ class TextDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"no token cache in {self.cache_dir}; call prepare_data() first")
         self.dtype = meta["dtype"]
         self.data = {split: np.memmap(self._bin(split), dtype=self.dtype, mode="r") for split in SPLITS}
-        for split, data in self.data.items():
-            if len(data) < self.block_size + 1:
-                raise ValueError(
-                    f"the {split} split of {self.dataset_name} holds {len(data)} tokens, fewer than one window of "
-                    f"block_size + 1 = {self.block_size + 1}; use a smaller block_size or more text"
+        self.check_windows({split: len(data) for split, data in self.data.items()})
+
+    def check_windows(self, tokens: dict[str, int] | None = None) -> None:
+        """UserError unless each split holds one window of block_size + 1 tokens; counts: the prepared cache's."""
+        tokens = tokens or self._read_meta()["tokens"]
+        for split in SPLITS:
+            if tokens[split] < self.block_size + 1:
+                raise UserError(
+                    f"the {split} split of {self.dataset_name} holds {tokens[split]} tokens, fewer than one window "
+                    f"of block_size + 1 = {self.block_size + 1}; use a smaller block_size or more text"
                 )
 
     def _loader(self, windows: TokenWindows) -> DataLoader:
@@ -575,7 +604,7 @@ class TextDataModule(L.LightningDataModule):
         validates every world-size-th of them (the validation loss is averaged over all of them)."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if self.val_batches < world:
-            raise ValueError(
+            raise UserError(
                 f"val_batches={self.val_batches} is fewer than the {world} training processes, which share them: "
                 f"set data.val_batches to at least {world}"
             )

@@ -15,17 +15,18 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
+from minigpt.errors import UserError
 from minigpt.model import GPT
 
 
 def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
-    """ValueError naming the value for settings sampling cannot use."""
+    """UserError naming the value for settings sampling cannot use."""
     if not temperature >= 0:  # written so that NaN fails too
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+        raise UserError(f"temperature={temperature} must be >= 0 (0 means greedy)")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} must be a positive integer, or None for no limit")
+        raise UserError(f"top_k={top_k} must be a positive integer, or None for no limit")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]; 1 keeps every token")
+        raise UserError(f"top_p={top_p} must be in (0, 1]; 1 keeps every token")
 
 
 def sample_next(
@@ -136,12 +137,12 @@ def encode_prompt(enc: tiktoken.Encoding, text: str) -> list[int]:
     if not text:
         return [enc.eot_token]
     if written := sorted(s for s in enc.special_tokens_set if s in text):
-        raise ValueError(
+        raise UserError(
             f"the prompt contains the special token {written[0]}: remove it (an empty prompt starts from it)"
         )
     # tiktoken aborts with a Rust panic, not an exception, on a byte outside the encoding: check first.
     if missing := sorted(ch for ch in set(text) if not all(_is_token(enc, bytes([b])) for b in ch.encode())):
-        raise ValueError(
+        raise UserError(
             f"the prompt has characters tokenizer {enc.name!r} cannot encode: {''.join(missing)!r}; remove them"
         )
     return enc.encode_ordinary(text)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minigpt.attention import CausalSelfAttention, KVCache, cache_mask
+from minigpt.errors import UserError
 
 
 @dataclass
@@ -41,11 +42,11 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+                raise UserError(f"{name}={getattr(self, name)} must be a positive integer")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+            raise UserError(f"dropout={self.dropout} must be in [0, 1)")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
+            raise UserError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: pick n_embd as a multiple of n_head"
             )
 

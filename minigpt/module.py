@@ -10,6 +10,7 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from torchmetrics import MeanMetric
 
+from minigpt.errors import LossNotFinite, UserError
 from minigpt.model import GPT, GPTConfig
 
 
@@ -65,8 +66,7 @@ class GPTModule(L.LightningModule):
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
             dropout=dropout, bias=bias, pad_vocab_multiple=pad_vocab_multiple,
         )  # fmt: skip
-        if min_lr > learning_rate:
-            raise ValueError(f"min_lr={min_lr} is above learning_rate={learning_rate}: set min_lr <= learning_rate")
+        check_optimization(learning_rate, min_lr, warmup_steps, decay_steps, weight_decay, beta1, beta2)
         self.model = GPT(self.config)
         if compile:
             # Module.compile() compiles in place: parameter names (and checkpoint keys) stay those of GPT,
@@ -130,7 +130,7 @@ class GPTModule(L.LightningModule):
 
     def _check_loss_is_finite(self) -> None:
         if self._nonfinite_loss.item():
-            raise FloatingPointError(
+            raise LossNotFinite(
                 f"the training loss became NaN or infinite by step {self.trainer.global_step}: lower "
                 "model.learning_rate or raise model.warmup_steps; the last good checkpoint is kept"
             )
@@ -162,10 +162,35 @@ class GPTModule(L.LightningModule):
         )
         decay_steps = hp.decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps < 1:
-            raise ValueError("set trainer.max_steps (or model.decay_steps) so the learning-rate schedule has an end")
+            raise UserError("set trainer.max_steps (or model.decay_steps) so the learning-rate schedule has an end")
         schedule = warmup_cosine(hp.warmup_steps, decay_steps, hp.min_lr / hp.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_optimization(
+    learning_rate: float,
+    min_lr: float,
+    warmup_steps: int,
+    decay_steps: int | None,
+    weight_decay: float,
+    beta1: float,
+    beta2: float,
+) -> None:
+    """UserError naming the setting, for optimizer and schedule settings that cannot train (before any data is read)."""
+    if not learning_rate > 0:  # written so that NaN fails too
+        raise UserError(f"model.learning_rate={learning_rate} must be > 0")
+    if not 0 <= min_lr <= learning_rate:
+        raise UserError(f"model.min_lr={min_lr} must lie in [0, learning_rate={learning_rate}]")
+    if warmup_steps < 0:
+        raise UserError(f"model.warmup_steps={warmup_steps} must be >= 0")
+    if decay_steps is not None and decay_steps < 1:
+        raise UserError(f"model.decay_steps={decay_steps} must be >= 1, or unset to decay until trainer.max_steps")
+    if not weight_decay >= 0:
+        raise UserError(f"model.weight_decay={weight_decay} must be >= 0")
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0 <= beta < 1:
+            raise UserError(f"model.{name}={beta} must lie in [0, 1)")
 
 
 def flops_per_token(model: GPT, T: int) -> float:

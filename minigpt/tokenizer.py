@@ -4,6 +4,8 @@ import functools
 
 import tiktoken
 
+from minigpt.errors import UserError
+
 EOT = "<|endoftext|>"
 
 
@@ -35,11 +37,11 @@ def get_tokenizer(name: str) -> tiktoken.Encoding:
     if name == "bytes":
         return _bytes_encoding()
     if name not in available():
-        raise ValueError(f"unknown tokenizer {name!r}; available: {', '.join(available())}")
+        raise UserError(f"unknown tokenizer {name!r}; available: {', '.join(available())}")
     try:
         return tiktoken.get_encoding("r50k_base" if name == "gpt2" else name)
     except OSError as e:  # requests' ConnectionError is an OSError, so is an unreadable cache
-        raise ValueError(
+        raise UserError(
             f"cannot load tokenizer {name!r}: its ranks are neither in TIKTOKEN_CACHE_DIR nor downloadable "
             f"({type(e).__name__}); set TIKTOKEN_CACHE_DIR to a folder holding them, or use tokenizer 'bytes'"
         ) from None

@@ -13,6 +13,7 @@ from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
 
 from minigpt.data import TextDataModule, TokenWindows, embedded_corpus
+from minigpt.errors import UserError
 from tests.skips import gpt2_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,7 +288,7 @@ def test_empty_input(tmp_path):
 
 
 def test_missing_local_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no text file at path='nowhere/\\*.txt'") as info:
+    with pytest.raises(UserError, match="no text file at path='nowhere/\\*.txt'") as info:
         module(tmp_path, source="text", path="nowhere/*.txt").prepare_data()
     one_line(info)
 
@@ -302,10 +303,13 @@ def test_missing_text_column(tmp_path):
 def test_corpus_shorter_than_a_window(tmp_path):
     (tmp_path / "short.txt").write_text("a few words, " * 10)
     dm = module(tmp_path, source="text", path=str(tmp_path / "short.txt"), block_size=64)
-    dm.prepare_data()
-    with pytest.raises(ValueError, match="val split .* fewer than one window of block_size \\+ 1 = 65") as info:
-        dm.setup()
+    dm.prepare_data()  # a valid cache, for a smaller block_size
+    message = "val split .* fewer than one window of block_size \\+ 1 = 65"
+    with pytest.raises(UserError, match=message) as info:
+        dm.check_windows()  # what prepare_data checks when a Trainer runs it, before training starts anything else
     one_line(info)
+    with pytest.raises(UserError, match=message):
+        dm.setup()
 
 
 @pytest.mark.parametrize("path", ["minigpt-tests/no-such-dataset", "https://example.com/corpus.txt"])

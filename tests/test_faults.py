@@ -203,7 +203,7 @@ def test_killed_training_resumes_from_the_last_complete_checkpoint(killed, rerun
 
     code, out, err = rerun(result.dir, "--ckpt_path", "last")
     assert code == 0, err
-    assert "step 6/6" in out and "preparing" not in out  # the complete token cache is reused
+    assert "step 6/6" in out and "prepared" not in out  # the complete token cache is reused
     assert not list(ckpts.glob("*.tmp"))
     assert_same_weights(result.dir, killed["uninterrupted"])
 
@@ -217,7 +217,7 @@ def test_killed_before_the_first_checkpoint_starts_again(killed, rerun):
     assert code == 2 and out == "" and err.startswith("error: no last.ckpt under runs") and err.count("\n") == 1
     code, out, err = rerun(result.dir)  # started again, as the message says
     assert code == 0, err
-    assert "step 6/6" in out and "preparing" not in out  # the cache was complete before training began
+    assert "step 6/6" in out and "prepared" not in out  # the cache was complete before training began
     assert_same_weights(result.dir, killed["uninterrupted"])
 
 
@@ -253,7 +253,7 @@ def test_killed_while_writing_the_token_cache_rebuilds_it(killed, rerun, tmp_pat
 
     code, out, err = rerun(result.dir, *BOOKS)
     assert code == 0, err
-    assert "preparing data/books/bytes: no cache yet" in out and "step 6/6" in out
+    assert "prepared data/books/bytes: " in out and "tokens (no cache yet)" in out and "step 6/6" in out
     assert_same_cache(cache, reference_cache(tmp_path, result.dir / "books"))
 
 
@@ -270,7 +270,7 @@ def test_killed_between_the_cache_renames_never_mixes_old_and_new(killed, rerun,
 
     code, out, err = rerun(result.dir, *BOOKS)
     assert code == 0, err
-    assert "preparing data/books/bytes: no cache yet" in out and "step 6/6" in out
+    assert "prepared data/books/bytes: " in out and "tokens (no cache yet)" in out and "step 6/6" in out
     assert_same_cache(cache, reference)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from minigpt.checkpoint import gpt_from_hf, load_gpt2
+from minigpt.errors import UserError
 from minigpt.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_unknown_gpt2_name_is_a_value_error():
 
 def test_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
-    with pytest.raises(ImportError, match=r"pip install 'minigpt\[hf\]'"):
+    with pytest.raises(UserError, match=r"needs the transformers package: pip install 'minigpt\[hf\]'"):
         load_gpt2("gpt2")
 
 

@@ -1,6 +1,5 @@
 """sample.py through its main(argv), on checkpoints written here as training writes them."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,13 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from minigpt import sample
 from minigpt.checkpoint import find_checkpoint, load_checkpoint
 from minigpt.model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("sample", ROOT / "sample.py")
-sample = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sample)
 
 CONFIG = GPTConfig(vocab_size=257, block_size=32, n_layer=2, n_head=2, n_embd=32)
 
@@ -101,7 +98,7 @@ def test_prompt_file_longer_than_block_size_slides_the_window(tmp_path, ckpt, ca
         (["--ckpt", "{tmp}/garbage.ckpt"], "checkpoint {tmp}/garbage.ckpt is truncated or not a torch checkpoint"),
         (["--ckpt", "{tmp}/foreign.ckpt"], "checkpoint {tmp}/foreign.ckpt is not a minigpt checkpoint"),
         (["--ckpt", "{tmp}/small_vocab.ckpt", "--prompt", "é"], "token id 195, beyond the model's vocab_size=128"),
-        (["--runs-dir", "{tmp}/nothing"], "no checkpoint under {tmp}/nothing/: train one with `python train.py`"),
+        (["--runs-dir", "{tmp}/nothing"], "no checkpoint under {tmp}/nothing/: train one with `minigpt train`"),
         (["--prompt-file", "{tmp}/empty.txt"], "prompt file {tmp}/empty.txt is empty"),
         (["--prompt", "a<|endoftext|>"], "the prompt contains the special token <|endoftext|>"),
         (["--top-p", "0"], "top_p=0.0 must be in (0, 1]"),
