@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import lightning as L
-import wandb
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -153,6 +152,8 @@ class AttentionMaps(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             if isinstance(logger, WandbLogger):
+                import wandb  # here, not at the top: training with another logger runs without wandb installed
+
                 for layer, path in enumerate(paths):
                     logger.log_image(f"attention_maps/layer{layer}", [str(path)], step=step, caption=[note])
                 # inject=False: W&B would otherwise add a stylesheet link, a fetch the page must not make.

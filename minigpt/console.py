@@ -41,7 +41,7 @@ def quiet_lightning() -> None:
     # Token-cache preparation: `datasets` draws its progress bars on a terminal only; a log gets the one line.
     if not sys.stderr.isatty() and "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
         os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when `datasets` is imported
-        if "datasets" in sys.modules:  # imported already (main called in-process)
+        if sys.modules.get("datasets") is not None:  # imported already (main called in-process)
             sys.modules["datasets"].disable_progress_bars()
 
 
