@@ -386,7 +386,7 @@ def row_train_sample(ctx: Context, result: Result) -> None:
     done = run(sample + ["--prompt", "ROMEO: But soft, what light", "--attention-map", str(out)])
     stop_if_interrupted(done)
     pngs = sorted(out.parent.glob("sample-maps-layer*.png"))
-    rows = [line.split() for _, line in done.lines if re.match(r"^\s*\d+\s+\d+\s+\S+\s+\S+\s+\S+$", line)]
+    rows = [line.split() for _, line in done.lines if re.match(r"^\s*\d+\s+\d+(\s+\S+)+$", line)]
     scores = [float(value) for row in rows for value in row[2:]]
     ok = done.returncode == 0 and pngs and scores and all(map(math.isfinite, scores))
     result.check("sample.py --attention-map: exit 0, PNGs, finite head scores", ok,

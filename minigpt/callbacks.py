@@ -3,21 +3,29 @@
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt.errors import UserError
 from minigpt.explorer import describe_model, token_texts, write_explorer
 from minigpt.generate import encode_prompt
-from minigpt.plots import (
-    MAX_DRAWN_TOKENS,
-    crop_to_block,
-    layer_head_summaries,
+from minigpt.inspect import (
+    MIN_REPEATED_TOKENS,
+    SCORES,
+    head_scores,
+    induction_loss,
     probe_attention,
-    save_layer_maps,
-    token_labels,
+    repeated_random_tokens,
 )
+from minigpt.plots import MAX_DRAWN_TOKENS, crop_to_block, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
+
+SCORE_PROBE_TOKENS = 32  # the default, where block_size and the validation text allow
+INDUCTION_SEQUENCES = 8  # a few: the loss is a mean over 8 x (score_probe_tokens - 1) predictions
+REPEATS_SEED = 1234  # the random tokens of the score probe and the induction sequences
+VAL_SCAN = 1 << 22  # validation tokens looked at for the ids to draw them from: enough to meet every common one
 
 
 class PrintProgress(L.Callback):
@@ -65,25 +73,48 @@ class AttentionMaps(L.Callback):
     - the same images to W&B under `attention_maps/layer<L>`, and the page under `attention_explorer`, when the
       logger is a `WandbLogger`;
     - per head, `attention/layer<L>.head<H>/{entropy,prev_token,first_token}` to the logger: the mean entropy of
-      its attention (nats), and the shares of attention on the previous and on the first token.
+      its attention (nats), and the shares of attention on the previous and on the first token;
+    - per head, `attention/layer<L>.head<H>/{previous_token,duplicate_token,induction}`: the head-behaviour scores
+      of `minigpt.inspect` on the score probe, seeded random tokens shown twice; to W&B also as one table,
+      `attention_scores` (columns layer, head and each score).
+
+    At every validation it also logs `val/induction_loss`: the model's mean loss on the second halves of a few
+    seeded random sequences shown twice (the score probe is the first of them), which drops sharply once the
+    model has induction heads.
     """
 
-    def __init__(self, every_n_validations: int = 10, at_train_end: bool = True, probe: str | None = None):
+    def __init__(
+        self,
+        every_n_validations: int = 10,
+        at_train_end: bool = True,
+        probe: str | None = None,
+        score_probe_tokens: int | None = None,
+    ):
         """
         Args:
             every_n_validations: Draw at every n-th validation run; 0 draws only at the end of training.
             at_train_end: Draw once more when training ends (unless the last validation run just drew).
             probe: Text the model reads; None takes the first 64 tokens of the validation split, so the probe
                 is fixed for a dataset. A probe longer than the model's block_size is cropped to it.
+            score_probe_tokens: Random tokens in the head-score probe, which reads them twice (2 x this many
+                tokens, at most block_size); also the length of the induction-loss sequences. At least 3. None:
+                32, or fewer where block_size or the validation text's distinct tokens allow fewer.
         """
         if every_n_validations < 0:
             raise UserError(
                 f"attention_maps.every_n_validations={every_n_validations} must be >= 0 (0: only at the end)"
             )
+        if score_probe_tokens is not None and score_probe_tokens < MIN_REPEATED_TOKENS:
+            raise UserError(
+                f"attention_maps.score_probe_tokens={score_probe_tokens} is too short for the head scores: give at "
+                f"least {MIN_REPEATED_TOKENS} (shown twice, the previous-token, duplicate and induction keys differ)"
+            )
+        self.score_probe_tokens = score_probe_tokens
         self.every_n_validations = every_n_validations
         self.at_train_end = at_train_end
         self.probe = probe
         self.ids: list[int] = []  # the probe's tokens, set up when fitting starts
+        self.repeats = torch.empty(0, 0, dtype=torch.long)  # (INDUCTION_SEQUENCES, 2n); row 0: the score probe
         self.labels: list[str] = []
         self.tokens: list[dict] = []  # the probe's tokens as the explorer shows them
         self.note = ""
@@ -95,6 +126,7 @@ class AttentionMaps(L.Callback):
             return
         data = trainer.datamodule
         enc = get_tokenizer(pl_module.hparams.tokenizer)  # the model's, linked from the data's
+        self.repeats = self.random_repeats(data, pl_module.model.config, enc.eot_token)
         if self.probe is None:
             if data is None or "val" not in getattr(data, "data", {}):
                 raise ValueError("attention_maps.probe is not set and there is no validation split to take it from")
@@ -112,6 +144,57 @@ class AttentionMaps(L.Callback):
         if len(ids) < 2:
             raise UserError(f"attention_maps.probe={self.probe!r} is {len(ids)} token: give at least 2 tokens")
         self.ids, self.labels, self.tokens = ids, token_labels(enc, ids), token_texts(enc, ids)
+
+    def check_block_size(self, block_size: int) -> None:
+        """Refuse a score probe the model cannot read; train.py calls this before the run writes anything."""
+        n = self.score_probe_tokens or min(SCORE_PROBE_TOKENS, block_size // 2)
+        if n < MIN_REPEATED_TOKENS or 2 * n > block_size:
+            fix = "set it in that range" if block_size >= 2 * MIN_REPEATED_TOKENS else "train with a larger block_size"
+            raise UserError(
+                f"attention_maps.score_probe_tokens={n}: the head-score probe reads that many random tokens twice, "
+                f"which needs {MIN_REPEATED_TOKENS} <= score_probe_tokens <= block_size / 2 = {block_size // 2}: {fix}"
+            )
+
+    def random_repeats(self, data, config, eot_token: int) -> torch.Tensor:
+        """The score probe and the induction sequences: (INDUCTION_SEQUENCES, 2n), row 0 the probe.
+
+        Their tokens are drawn among those the validation split holds (its first VAL_SCAN tokens), when there is
+        one: a model never trains the embeddings of ids its text lacks (most of the 257 byte ids in English text),
+        and on those it could not show the induction it has learnt. Never <|endoftext|>: a model learns to forget
+        what came before it.
+        """
+        self.check_block_size(config.block_size)
+        if data is not None and "val" in getattr(data, "data", {}):
+            counts = np.bincount(data.data["val"][:VAL_SCAN], minlength=config.vocab_size)  # (vocab,)
+            source = "the validation split holds"
+        else:
+            counts, source = np.ones(config.vocab_size), "the vocabulary has"
+        counts[eot_token] = 0
+        candidates = torch.from_numpy(np.flatnonzero(counts))  # the token ids to draw from
+        if candidates.numel() < MIN_REPEATED_TOKENS:
+            raise UserError(
+                f"attention_maps: the head-score probe needs {MIN_REPEATED_TOKENS} distinct tokens, and {source} "
+                f"{candidates.numel()} besides <|endoftext|>: train on a text of more"
+            )
+        n = self.score_probe_tokens or min(SCORE_PROBE_TOKENS, config.block_size // 2, candidates.numel())
+        if n > candidates.numel():
+            raise UserError(
+                f"attention_maps.score_probe_tokens={n}: the head-score probe needs that many distinct tokens, and "
+                f"{source} {candidates.numel()}: set score_probe_tokens <= {candidates.numel()}"
+            )
+        return repeated_random_tokens(candidates, n, count=INDUCTION_SEQUENCES, seed=REPEATS_SEED)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """val/induction_loss, at every validation.
+
+        Here rather than in the LightningModule: its sequences come from the validation split's tokens, which this
+        callback reads for its probes anyway, and the module stays ignorant of the data. Every rank computes it
+        (a forward pass over a few short sequences); the same weights and sequences give the same value on each,
+        and sync_dist keeps Lightning's epoch-level logging in step across DDP ranks.
+        """
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        pl_module.log("val/induction_loss", induction_loss(pl_module.model, self.repeats), sync_dist=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -139,16 +222,17 @@ class AttentionMaps(L.Callback):
         out_dir = Path(trainer.default_root_dir) / "attention" / f"step-{step:06d}"
         note = ", ".join(filter(None, [f"step {step}", self.note]))
         paths = save_layer_maps(weights, self.labels, lambda layer: out_dir / f"layer-{layer}.png", note)
-        scores = layer_head_summaries(weights)  # name -> (n_layer, n_head)
+        summaries = layer_head_summaries(weights)  # name -> (n_layer, nh), on the probe text
+        scores = head_scores(pl_module.model, self.repeats[0])  # name -> (n_layer, nh), on the score probe
+        # The page labels each head with what it does (the scores) and how it reads the text shown (entropy, first
+        # token); the text's previous-token share is left to the scalars, beside the score probe's.
+        labels = scores | {name: summaries[name] for name in ("entropy", "first_token")}
         model, source = describe_model(pl_module.model.config), trainer.default_root_dir
-        header = {"model": model, "step": step, "source": source, "probe": self.note}
-        explorer = write_explorer(out_dir / "explorer.html", weights, self.tokens, scores, header)
-        scalars = {
-            f"attention/layer{layer}.head{head}/{name}": value
-            for name, values in scores.items()
-            for layer, row in enumerate(values.tolist())
-            for head, value in enumerate(row)
-        }
+        n = self.repeats.size(1) // 2
+        header = {"model": model, "step": step, "source": source, "probe": self.note,
+                  "scores": f"{', '.join(SCORES)} on {n} seeded random tokens shown twice"}  # fmt: skip
+        explorer = write_explorer(out_dir / "explorer.html", weights, self.tokens, labels, header)
+        scalars = score_scalars(summaries) | score_scalars(scores)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             if isinstance(logger, WandbLogger):
@@ -156,7 +240,24 @@ class AttentionMaps(L.Callback):
 
                 for layer, path in enumerate(paths):
                     logger.log_image(f"attention_maps/layer{layer}", [str(path)], step=step, caption=[note])
+                logger.log_table("attention_scores", ["layer", "head", *SCORES], score_rows(scores), step=step)
                 # inject=False: W&B would otherwise add a stylesheet link, a fetch the page must not make.
                 logger.log_metrics({"attention_explorer": wandb.Html(str(explorer), inject=False)}, step=step)
         self._drawn_step = step
         return paths
+
+
+def score_scalars(scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Head scores (name -> (n_layer, nh)) as logger scalars `attention/layer<L>.head<H>/<name>`."""
+    return {
+        f"attention/layer{layer}.head{head}/{name}": value
+        for name, values in scores.items()
+        for layer, row in enumerate(values.tolist())
+        for head, value in enumerate(row)
+    }
+
+
+def score_rows(scores: dict[str, torch.Tensor]) -> list[list]:
+    """Head scores (name -> (n_layer, nh)) as table rows: layer, head, then each score in SCORES' order."""
+    table = torch.stack([scores[name] for name in SCORES], dim=-1)  # (n_layer, nh, len(SCORES))
+    return [[layer, head, *values] for layer, heads in enumerate(table.tolist()) for head, values in enumerate(heads)]

@@ -116,6 +116,7 @@ class MiniGPTCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         if self.ckpt_path is not None:  # before the Trainer reports its devices: a refused checkpoint is one line
             check_resumable(self.ckpt_path, self.model)
+        self._get(self.config_init, "attention_maps").check_block_size(self.model.config.block_size)
         trainer_config = self._get(self.config_init, "trainer")
         callbacks = list(trainer_config.get("callbacks") or [])
         callbacks += [

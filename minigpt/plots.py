@@ -192,20 +192,3 @@ def crop_to_block(ids: list[int], block_size: int) -> tuple[list[int], str]:
     if len(ids) <= block_size:
         return ids, ""
     return ids[:block_size], f"cropped from {len(ids)} to block_size={block_size} tokens"
-
-
-def probe_attention(model, ids: list[int]) -> list[torch.Tensor]:
-    """Per-layer attention weights (nh, T, T) of `model` (a GPT) reading `ids` (at most block_size of them).
-
-    Runs in eval mode without gradients, and puts the model back in the mode it was in.
-    """
-    idx = torch.tensor([ids], device=model.lm_head.weight.device)  # (1, T)
-    was_training = model.training
-    model.eval()  # no dropout on the weights
-    try:
-        with torch.no_grad():
-            # forward, not __call__: a model compiled in place would compile a second graph for this path.
-            _, _, attentions = model.forward(idx, return_attention=True)
-    finally:
-        model.train(was_training)
-    return [w[0] for w in attentions]  # per layer (nh, T, T)

@@ -25,15 +25,9 @@ from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, loa
 from minigpt.errors import UserError, print_error
 from minigpt.explorer import describe_model, token_texts, write_explorer
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, stream
+from minigpt.inspect import pattern_scores, probe_attention
 from minigpt.model import GPT
-from minigpt.plots import (
-    crop_to_block,
-    head_summaries,
-    layer_head_summaries,
-    probe_attention,
-    save_layer_maps,
-    token_labels,
-)
+from minigpt.plots import crop_to_block, head_summaries, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,7 +68,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         metavar="OUT.png|OUT.html",
         help="instead of generating, draw the prompt's attention: one PNG per layer, OUT-layer0.png, "
         "OUT-layer1.png, ... (a grid of the layer's heads), or, for OUT.html, the interactive explorer page; "
-        "and print each head's entropy and shares of attention on the previous and first token",
+        "and print each head's entropy, shares of attention on the previous and first token, and previous-token, "
+        "duplicate-token and induction scores",
     )
     return parser.parse_args(argv)
 
@@ -194,17 +189,20 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
         print(f"note: the prompt is {cropped}", file=sys.stderr)
     note = ", ".join(filter(None, [source, cropped and f"prompt {cropped}"]))
     weights = probe_attention(model, ids)
+    scores = pattern_scores(weights, torch.tensor(ids))  # previous_token, duplicate_token, induction: (n_layer, nh)
     if out.suffix.lower() == ".html":
         header = {"model": describe_model(model.config), "source": note}
-        paths = [write_explorer(out, weights, token_texts(enc, ids), layer_head_summaries(weights), header)]
+        labels = scores | layer_head_summaries(weights)
+        paths = [write_explorer(out, weights, token_texts(enc, ids), labels, header)]
     else:
-        labels = token_labels(enc, ids)
-        paths = save_layer_maps(weights, labels, lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note)
-    print(f"{'layer':>5} {'head':>4} {'entropy':>8} {'prev_token':>10} {'first_token':>11}")
+        paths = save_layer_maps(
+            weights, token_labels(enc, ids), lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note
+        )
+    print(f"{'layer':>5} {'head':>4}", *(f"{name:>15}" for name in ["entropy", "prev_token", "first_token", *scores]))
     for layer, w in enumerate(weights):
-        summary = torch.stack(list(head_summaries(w).values()), dim=1)  # (nh, 3): entropy, prev, first
-        for head, (entropy, prev, first) in enumerate(summary.tolist()):
-            print(f"{layer:>5} {head:>4} {entropy:>8.3f} {prev:>10.3f} {first:>11.3f}")
+        summary = [*head_summaries(w).values(), *(values[layer].to(w.device) for values in scores.values())]
+        for head, values in enumerate(torch.stack(summary, dim=1).tolist()):  # (nh, 6): one row per head
+            print(f"{layer:>5} {head:>4}", *(f"{value:>15.3f}" for value in values))
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
 
 

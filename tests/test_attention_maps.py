@@ -1,6 +1,7 @@
 """Attention maps: the drawing function's checks and sizes, the training callback (W&B offline, CSV), sample.py."""
 
 import csv
+import json
 import math
 import re
 from types import SimpleNamespace
@@ -11,7 +12,10 @@ import torch
 from matplotlib.image import imread
 
 from minigpt.callbacks import AttentionMaps
+from minigpt.checkpoint import load_checkpoint
+from minigpt.data import TextDataModule
 from minigpt.explorer import token_texts
+from minigpt.inspect import SCORES, head_scores
 from minigpt.model import GPT, GPTConfig
 from minigpt.module import GPTModule
 from minigpt.plots import MAX_DRAWN_TOKENS, draw_layer, figure_pixels, head_summaries, token_labels
@@ -19,7 +23,7 @@ from minigpt.tokenizer import get_tokenizer
 from tests.explorer_pages import page_data
 from tests.skips import gpt2_or_skip
 from tests.test_sample import run_main, sample, write_checkpoint
-from tests.test_train import train
+from tests.test_train import one_error_line, train
 from tests.wandb_records import config_and_history
 
 BYTES = get_tokenizer("bytes")
@@ -100,10 +104,11 @@ def test_the_probe_runs_in_eval_mode_without_gradients_and_training_mode_comes_b
     callback = AttentionMaps()
     ids = list(range(97, 107))
     callback.ids, callback.labels, callback.tokens = ids, token_labels(BYTES, ids), token_texts(BYTES, ids)
+    callback.repeats = callback.random_repeats(None, module.config, BYTES.eot_token)
     trainer = SimpleNamespace(global_step=4, default_root_dir=str(tmp_path), loggers=[])
     module.train()
     paths = callback.draw(trainer, module)
-    assert seen == [(False, False)] and module.model.training
+    assert seen == [(False, False)] * 2 and module.model.training  # the text probe, then the score probe
     assert paths == [tmp_path / "attention" / "step-000004" / f"layer-{layer}.png" for layer in (0, 1)]
     assert (tmp_path / "attention" / "step-000004" / "explorer.html").is_file()
 
@@ -122,6 +127,35 @@ def test_an_unusable_probe_is_a_value_error_that_names_the_setting(probe, messag
         AttentionMaps(probe=probe).setup(trainer, GPTModule(n_layer=1, n_head=1, n_embd=8, block_size=8), "fit")
     with pytest.raises(ValueError, match="every_n_validations=-1 must be >= 0"):
         AttentionMaps(every_n_validations=-1)
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("2", "attention_maps.score_probe_tokens=2 is too short for the head scores: give at least 3"),
+        ("9", "attention_maps.score_probe_tokens=9: the head-score probe reads that many random tokens twice, which "
+         "needs 3 <= score_probe_tokens <= block_size / 2 = 8: set it in that range"),
+    ],
+)  # fmt: skip
+def test_a_score_probe_that_does_not_fit_is_one_line_before_anything_is_written(setting, message, tmp_path, capsys):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert train("--attention_maps.score_probe_tokens", setting, "--logger", "csv") == 2  # block_size 16
+    assert message in one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # no data prepared, no run directory
+
+
+def test_a_validation_text_of_too_few_distinct_tokens_for_the_score_probe_is_one_line(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("a" * 4000)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert train("--data.source", "text", "--data.path", "a.txt") == 2
+    err = capsys.readouterr().err  # after the data preparation's progress
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        "error: attention_maps: the head-score probe needs 3 distinct tokens, and the validation split holds 1 "
+        "besides <|endoftext|>: train on a text of more"
+    )
+    assert not list(tmp_path.glob("runs/*/checkpoints/*"))
 
 
 # --- during training -------------------------------------------------------------------------------------
@@ -152,9 +186,10 @@ def test_training_logs_maps_and_head_scalars_to_wandb_offline_and_saves_pngs(in_
     config, history = config_and_history(offline_run)
     assert config["config"]["attention_maps"]["every_n_validations"] == 1  # the callback's settings, from the CLI
     # Each layer's image under its own key; W&B stores a logged list of images as "images/separated".
-    media = sorted((row["trainer/global_step"], key) for row in history for key in row if key.endswith("/_type"))
+    logged = [(row["trainer/global_step"], key) for row in history for key in row if key.endswith("/_type")]
     images = [(s, f"attention_maps/layer{layer}/_type") for s in (3, 6) for layer in (0, 1)]
-    assert media == sorted(images + [(3, "attention_explorer/_type"), (6, "attention_explorer/_type")])
+    pages_and_tables = [(s, f"{key}/_type") for s in (3, 6) for key in ("attention_explorer", "attention_scores")]
+    assert sorted(logged) == sorted(images + pages_and_tables)
     for row in history:
         for layer in (0, 1):
             if f"attention_maps/layer{layer}/filenames" in row:
@@ -174,9 +209,32 @@ def test_training_logs_maps_and_head_scalars_to_wandb_offline_and_saves_pngs(in_
         assert header["step"] == str(row["trainer/global_step"]) and header["source"] == "runs/w"
         assert header["model"].startswith("2 layers × 2 heads") and header["tokens"] == "16"
     for row in scalars:
-        for layer, head, name in np.ndindex(2, 2, len(SUMMARIES)):
-            value = row[f"attention/layer{layer}.head{head}/{SUMMARIES[name]}"]
+        for layer, head, name in np.ndindex(2, 2, len(SUMMARIES + SCORES)):
+            value = row[f"attention/layer{layer}.head{head}/{(SUMMARIES + SCORES)[name]}"]
             assert 0 <= value <= (math.log(16) if name == 0 else 1)
+    # One table of head scores per drawing, holding the scalars logged with it.
+    tables = [row for row in history if "attention_scores/path" in row]
+    assert [row["trainer/global_step"] for row in tables] == [3, 6]
+    for table, row in zip(tables, scalars, strict=True):
+        saved = json.loads((offline_run / "files" / table["attention_scores/path"]).read_text())
+        assert saved["columns"] == ["layer", "head", *SCORES]
+        assert saved["data"] == [
+            [layer, head, *(row[f"attention/layer{layer}.head{head}/{name}"] for name in SCORES)]
+            for layer, head in np.ndindex(2, 2)
+        ]
+    # The last drawing's scores are those of the last checkpoint's model on the probe the callback built.
+    model, _ = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    data = TextDataModule(block_size=16)
+    data.setup("fit")
+    probe = AttentionMaps().random_repeats(data, model.config, BYTES.eot_token)[0]  # (16,): 8 bytes of the text, twice
+    assert torch.equal(probe[:8], probe[8:]) and len(set(probe.tolist())) == 8
+    for name, values in head_scores(model, probe).items():
+        for layer, head in np.ndindex(2, 2):
+            assert scalars[-1][f"attention/layer{layer}.head{head}/{name}"] == pytest.approx(values[layer, head].item())
+    # The induction loss beside val/loss at every validation: about ln(vocab) in 6 steps, too few to learn induction.
+    validations = [row for row in history if "val/loss" in row]
+    assert len(validations) == 2
+    assert all(0.5 * math.log(257) < row["val/induction_loss"] < 1.5 * math.log(257) for row in validations)
 
 
 def test_without_wandb_a_text_probe_is_cropped_and_drawn_at_the_end_with_csv_scalars(in_tmp, capsys):
@@ -200,16 +258,21 @@ def test_without_wandb_a_text_probe_is_cropped_and_drawn_at_the_end_with_csv_sca
 # --- sample.py --attention-map ---------------------------------------------------------------------------
 def test_sample_writes_one_map_per_layer_for_a_prompt_and_generates_nothing(tmp_path, capsys):
     ckpt = tmp_path / "runs" / "a" / "checkpoints" / "best.ckpt"
-    write_checkpoint(ckpt)  # 2 layers, 2 heads, block_size 32, bytes
+    model = write_checkpoint(ckpt)  # 2 layers, 2 heads, block_size 32, bytes
     out = tmp_path / "maps" / "attn.png"
-    code, stdout, err = run_main(
-        capsys, "--ckpt", str(ckpt), "--prompt", "def f(x):\n    return x", "--attention-map", str(out)
-    )
+    prompt = "def f(x):\n    return x"
+    code, stdout, err = run_main(capsys, "--ckpt", str(ckpt), "--prompt", prompt, "--attention-map", str(out))
     assert code == 0 and err.startswith(f"wrote {tmp_path}/maps/attn-layer0.png, ")
-    size = expected_size(2, token_labels(BYTES, BYTES.encode_ordinary("def f(x):\n    return x")))
+    size = expected_size(2, token_labels(BYTES, BYTES.encode_ordinary(prompt)))
     assert [png_size(tmp_path / "maps" / f"attn-layer{layer}.png") for layer in (0, 1)] == [size, size]
     table = stdout.splitlines()
-    assert table[0].split() == ["layer", "head", *SUMMARIES] and len(table) == 1 + 2 * 2  # no generated text
+    assert table[0].split() == ["layer", "head", *SUMMARIES, *SCORES] and len(table) == 1 + 2 * 2  # no text
+    # Beside the summaries, the prompt's head scores.
+    scores = head_scores(model, torch.tensor(BYTES.encode_ordinary(prompt)))
+    for line in table[1:]:
+        layer, head, *values = line.split()
+        printed = [float(value) for value in values[len(SUMMARIES) :]]
+        assert printed == pytest.approx([scores[name][int(layer), int(head)].item() for name in SCORES], abs=5e-4)
 
 
 def test_sample_maps_gpt2_with_its_bpe_tokens(tmp_path, capsys, monkeypatch):
@@ -241,7 +304,7 @@ def test_sample_writes_the_explorer_page_for_an_html_name(tmp_path, capsys):
         "source": str(ckpt),
         "tokens": "22",
     }
-    assert [s["name"] for s in page["scores"]] == list(SUMMARIES)
+    assert [s["name"] for s in page["scores"]] == [*SCORES, *SUMMARIES]  # on the prompt: scores, then summaries
     assert len(stdout.splitlines()) == 1 + 2 * 2  # the table of head summaries, and no generated text
 
 

@@ -33,3 +33,20 @@ def test_run_all_quick_completes_and_prints_its_table():
     (check,) = [line for line in lines if line.startswith("check: fake-tensor estimate")]
     estimate, real = (int(word.replace(",", "")) for word in check.split() if word.replace(",", "").isdigit())
     assert estimate == real, check
+
+
+def test_attention_maps_benchmark_quick_prints_every_part_and_the_share():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_attention_maps.py"), "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    lines = proc.stdout.rstrip().splitlines()
+    assert lines[-8].split() == ["median", "per", "run", "seconds", "per", "run", "of", "training"]
+    rows = [line.strip().split("  ")[0] for line in lines[-7:-1]]
+    parts = ["of which probe and PNGs", "of which head scores", "of which explorer page"]
+    assert rows == ["training step", "drawing", *parts, "induction loss"]
+    assert lines[-1].startswith("summary: attention maps cost ") and "induction loss at 3 validations" in lines[-1]
