@@ -1,9 +1,11 @@
 """Sampling from a GPT: greedy, temperature, top-k and nucleus (top-p), with a KV cache, streamed token by token.
 
 `stream` yields each step's new tokens as they are made; `generate` collects them. With the cache the prompt is
-prefilled once, then each step feeds only the token just sampled. Once a sequence fills block_size, each step
-re-prefills the last block_size tokens: positions are absolute, so cached keys cannot be shifted along the window.
-That costs what recomputing costs and gives the tokens recomputing gives.
+prefilled once, then each step feeds only the token just sampled. The cache holds what the prompt and the new
+tokens need, at most block_size positions; eager, a step attends to the positions written so far only, compiled,
+to all of them under a mask, so that its shapes never change (`GPT._cache_mask`). Once a sequence fills
+block_size, each step re-prefills the last block_size tokens: positions are absolute, so cached keys cannot be
+shifted along the window. That costs what recomputing costs and gives the tokens recomputing gives.
 
 `encode_prompt` and `TokenDecoder` are the text on either side: a prompt's token ids, and text as tokens arrive.
 """
@@ -95,7 +97,9 @@ def stream(
         return logits[:, -1], window.size(1)
 
     if use_cache:
-        model.setup_kv_cache(idx.size(0), device=idx.device)
+        # Every position fed: the prompt's, then each new token's but the last (it is never fed), or a window.
+        max_len = min(block_size, idx.size(1) + max_new_tokens - 1)
+        model.setup_kv_cache(idx.size(0), device=idx.device, max_len=max_len)
     try:
         tokens = idx
         logits, n_cached = window_logits(tokens)
