@@ -7,12 +7,14 @@ import pytest
 import tiktoken
 import torch
 
+import minigpt.generate
 from minigpt.attention import CausalSelfAttention, KVCache, cache_mask, causal_mask
 from minigpt.generate import (
     TokenDecoder,
     check_sampling,
     encode_prompt,
     generate,
+    generate_each,
     sample_next,
     stream,
 )
@@ -243,6 +245,28 @@ def test_stream_yields_step_by_step_and_clears_the_cache_when_closed(model):
     steps.close()
     assert model.transformer.h[0].attn.kv_cache is None
     assert torch.equal(generate(model, torch.zeros(1, 2, dtype=torch.long), 0), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_generate_each_batches_by_length_and_keeps_the_input_order(model, monkeypatch):
+    prompts = [[1, 2, 3], [4], [5, 6, 7], [8] * (BLOCK + 2), [9]]  # lengths 3, 1, 3, 18 (past block_size), 1
+    alone = [generate(model, torch.tensor([ids]), 12, temperature=0)[0, len(ids) :].tolist() for ids in prompts]
+    batches, real_stream = [], minigpt.generate.stream
+
+    def spy(model, idx, *args, **kwargs):
+        batches.append(idx.tolist())
+        return real_stream(model, idx, *args, **kwargs)
+
+    monkeypatch.setattr(minigpt.generate, "stream", spy)
+    assert generate_each(model, prompts, 12, temperature=0) == alone
+    assert batches == [[[1, 2, 3], [5, 6, 7]], [[4], [9]], [[8] * (BLOCK + 2)]]  # in the order of their first prompt
+
+    stop = alone[0][4]
+    stopped = generate_each(model, prompts, 12, temperature=0, stop_token=stop)
+    for tokens, free in zip(stopped, alone, strict=True):  # each up to its stop token, which is left out
+        assert tokens == (free[: free.index(stop)] if stop in free else free)
+    sampled = generate_each(model, prompts, 12, seed=5, top_p=0.9)
+    assert sampled == generate_each(model, prompts, 12, seed=5, top_p=0.9)
+    assert sampled[1:2] == [generate(model, torch.tensor([[4], [9]]), 12, seed=6, top_p=0.9)[0, 1:].tolist()]
 
 
 # --- text on either side -------------------------------------------------------------------------------
