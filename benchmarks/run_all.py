@@ -7,7 +7,7 @@
 The full time-to-quality run is left out on a CPU (5000 steps of the baby GPT take hours there).
 
 Each benchmark prints its own table and ends with a `summary:` line, which goes into the table printed last.
-bench_prepare.py, bench_generate.py and bench_attention_maps.py are run on their own (see README.md).
+bench_prepare.py and bench_attention_maps.py are run on their own (see README.md).
 """
 
 import argparse
@@ -21,6 +21,7 @@ from common import print_table
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "bench_attention.py", "bench_train_step.py", "bench_memory.py", "bench_loader.py", "bench_time_to_quality.py",
+    "bench_generate.py",
 ]  # fmt: skip
 TAKES_DEVICE = set(BENCHMARKS) - {"bench_time_to_quality.py"}  # train.py picks the GPU by itself
 
@@ -42,7 +43,7 @@ def run(script: str, args: list[str]) -> tuple[int, float, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's --quick: small sizes, a smoke test")
-    parser.add_argument("--device", default="cpu", help="for the attention and training-step benchmarks")
+    parser.add_argument("--device", default="cpu", help="for every benchmark but time to quality")
     args = parser.parse_args()
 
     rows, failed = [], 0

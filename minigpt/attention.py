@@ -12,19 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigpt.linear import Linear
+
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(T, T) bool mask, True where query i may attend to key j, i.e. j <= i (diagonal included)."""
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
-def cache_mask(input_pos: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(T, max_len) bool mask, True where the query at position input_pos[i] may attend to cache slot j (j <= pos).
+def cache_mask(input_pos: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """(T, n_slots) bool mask, True where the query at position input_pos[i] may attend to cache slot j (j <= pos).
 
     Slots after a query's position are not yet written for this sequence (or hold a previous window's keys), so
     they are masked out. `cache_mask(torch.arange(T), T)` equals `causal_mask(T)`.
     """
-    return input_pos[:, None] >= torch.arange(max_len, device=input_pos.device)  # (T, 1) vs (max_len,)
+    return input_pos[:, None] >= torch.arange(n_slots, device=input_pos.device)  # (T, 1) vs (n_slots,)
 
 
 def scaled_dot_product_attention(
@@ -76,6 +78,10 @@ class KVCache(nn.Module):
         self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         return self.k_cache, self.v_cache
 
+    @property
+    def max_len(self) -> int:
+        return self.k_cache.size(2)
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused q|k|v projection (GPT-2's `c_attn`, `c_proj`)."""
@@ -89,8 +95,8 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = n_embd
         self.n_head = n_head
         self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
         self.kv_cache: KVCache | None = None  # set for generation (GPT.setup_kv_cache)
@@ -104,10 +110,12 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, C). Returns y (B, T, C), plus the attention weights (B, nh, T, Tk) when return_weights.
 
-        Without a cache the keys are x's own (Tk = T). With `kv_cache` set, input_pos (T,) are the positions of
-        x's tokens: their keys and values are written there and the keys are the cache's slots (Tk = max_len).
-        mask: (T, Tk) bool, True = may attend; by default causal, or `cache_mask(input_pos, max_len)` with a cache
-        (the model computes it once for all its layers).
+        Without a cache the keys are x's own (Tk = T), causal unless mask (T, T) says otherwise. With `kv_cache`
+        set, input_pos (T,) are the consecutive positions of x's tokens: their keys and values are written there.
+        Then mask (T, Tk), True = may attend (`cache_mask`), makes the keys the cache's first Tk slots: all max_len
+        of them (one shape for every step, as compiled code wants), or only those written so far (less to read).
+        mask None with a cache means x's tokens are positions 0..T-1, a prefill from the start: its keys are its
+        own, causal, as without a cache. The model computes the mask once for all its layers.
         """
         if (self.kv_cache is None) != (input_pos is None):
             raise ValueError(
@@ -120,10 +128,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, max_len, hs) each
-            if mask is None:
-                mask = cache_mask(input_pos, k.size(2))  # (T, max_len)
-        elif mask is None and return_weights:
+            k_cache, v_cache = self.kv_cache.update(input_pos, k, v)  # (B, nh, max_len, hs) each
+            if mask is not None:
+                k, v = k_cache[:, :, : mask.size(-1)], v_cache[:, :, : mask.size(-1)]  # (B, nh, Tk, hs) each
+        if mask is None and return_weights:
             mask = causal_mask(T, device=x.device)
 
         if return_weights:

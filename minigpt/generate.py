@@ -1,9 +1,11 @@
 """Sampling from a GPT: greedy, temperature, top-k and nucleus (top-p), with a KV cache, streamed token by token.
 
 `stream` yields each step's new tokens as they are made; `generate` collects them. With the cache the prompt is
-prefilled once, then each step feeds only the token just sampled. Once a sequence fills block_size, each step
-re-prefills the last block_size tokens: positions are absolute, so cached keys cannot be shifted along the window.
-That costs what recomputing costs and gives the tokens recomputing gives.
+prefilled once, then each step feeds only the token just sampled. The cache holds what the prompt and the new
+tokens need, at most block_size positions; eager, a step attends to the positions written so far only, compiled,
+to all of them under a mask, so that its shapes never change (`GPT._cache_mask`). Once a sequence fills
+block_size, each step re-prefills the last block_size tokens: positions are absolute, so cached keys cannot be
+shifted along the window. That costs what recomputing costs and gives the tokens recomputing gives.
 
 `encode_prompt` and `TokenDecoder` are the text on either side: a prompt's token ids, and text as tokens arrive.
 """
@@ -96,7 +98,9 @@ def stream(
         return logits[:, -1], window.size(1)
 
     if use_cache:
-        model.setup_kv_cache(idx.size(0), device=idx.device)
+        # Every position fed: the prompt's, then each new token's but the last (it is never fed), or a window.
+        max_len = min(block_size, idx.size(1) + max_new_tokens - 1)
+        model.setup_kv_cache(idx.size(0), device=idx.device, max_len=max_len)
     try:
         tokens = idx
         logits, n_cached = window_logits(tokens)
@@ -126,6 +130,33 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, **sampling) -> 
     """idx (B, T) followed by its new tokens: (B, T + n), n <= max_new_tokens. `sampling`: stream's keywords."""
     new = list(stream(model, idx, max_new_tokens, **sampling))
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx  # (B, T + n)
+
+
+def generate_each(
+    model: GPT, prompts: list[list[int]], max_new_tokens: int, *, seed: int | None = None, **sampling
+) -> list[list[int]]:
+    """Each prompt's new tokens, in the prompts' order, up to its stop token (left out). `sampling`: stream's keywords.
+
+    Prompts of the same length are one batch through `stream`, one batch after another; the i-th batch (in the
+    order of its first prompt) draws with seed + i. Batched by length rather than left-padded into one batch: a
+    batch of equal lengths needs no padding mask and no per-row positions, so each prompt runs the model's own
+    computation, with its fast paths (the causal kernel for the prefill, no padding slots to read or mask at each
+    step) and the window that slides past block_size, and a prompt's tokens do not change when a prompt of another
+    length joins or leaves the set. It costs one batch per distinct length.
+    """
+    rows_of_length: dict[int, list[int]] = {}
+    for row, ids in enumerate(prompts):
+        rows_of_length.setdefault(len(ids), []).append(row)
+    device = model.lm_head.weight.device
+    stop_token = sampling.get("stop_token")
+    new_tokens: list[list[int]] = [[] for _ in prompts]
+    for i, rows in enumerate(rows_of_length.values()):
+        idx = torch.tensor([prompts[row] for row in rows], device=device)  # (rows, T)
+        batch_seed = None if seed is None else seed + i
+        new = generate(model, idx, max_new_tokens, seed=batch_seed, **sampling)[:, idx.size(1) :]  # (rows, n)
+        for row, tokens in zip(rows, new.tolist(), strict=True):
+            new_tokens[row] = tokens[: tokens.index(stop_token)] if stop_token in tokens else tokens
+    return new_tokens
 
 
 def encode_prompt(enc: tiktoken.Encoding, text: str) -> list[int]:

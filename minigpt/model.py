@@ -14,6 +14,7 @@ from torch import nn
 
 from minigpt.attention import CausalSelfAttention, KVCache, cache_mask
 from minigpt.errors import UserError
+from minigpt.linear import Linear
 
 
 @dataclass
@@ -61,9 +62,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +110,7 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Weight tying: the LM head reads out with the token embedding matrix (GPT-2, Press & Wolf 2017).
         self.lm_head.weight = self.transformer.wte.weight
 
@@ -140,20 +141,28 @@ class GPT(nn.Module):
         return n
 
     def setup_kv_cache(
-        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        max_len: int | None = None,
     ) -> None:
-        """Give every attention layer a KV cache for batch_size sequences of up to block_size tokens.
+        """Give every attention layer a KV cache for batch_size sequences of up to max_len tokens (<= block_size).
 
-        device and dtype default to the model's. While it is set, forward needs input_pos; `clear_kv_cache`
-        removes it (before training again).
+        max_len defaults to block_size; generation asks for what its prompt and new tokens need. device and dtype
+        default to the model's. While it is set, forward needs input_pos; `clear_kv_cache` removes it (before
+        training again).
         """
+        max_len = self.config.block_size if max_len is None else max_len
+        if not 1 <= max_len <= self.config.block_size:
+            raise ValueError(f"max_len={max_len} must be in [1, block_size={self.config.block_size}]")
         weight = self.lm_head.weight
         head_size = self.config.n_embd // self.config.n_head
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(
                 batch_size,
                 self.config.n_head,
-                self.config.block_size,
+                max_len,
                 head_size,
                 device=weight.device if device is None else device,
                 dtype=weight.dtype if dtype is None else dtype,
@@ -162,6 +171,28 @@ class GPT(nn.Module):
     def clear_kv_cache(self) -> None:
         for block in self.transformer.h:
             block.attn.kv_cache = None
+
+    def _cache_mask(self, input_pos: torch.Tensor) -> torch.Tensor | None:
+        """Which cache slots the tokens at input_pos may attend to, (T, Tk), for all layers; None: causal, own keys.
+
+        Compiled, Tk is the cache's whole length, the slots not yet written masked out: every decoding step has the
+        same shapes, so it compiles once and can be replayed as a CUDA graph. Eager, Tk is the number of slots
+        written so far, input_pos[-1] + 1: a step reads only the keys it attends to (not max_len of them, mostly
+        masked), and a prefill from position 0 gets None, the fused kernel's causal path. Reading input_pos[-1]
+        waits for the device, once per step; compile avoids it.
+        """
+        cache = self.transformer.h[0].attn.kv_cache
+        if cache is None:
+            raise ValueError("input_pos goes with a KV cache: set one (GPT.setup_kv_cache), or pass no input_pos")
+        max_len = cache.max_len
+        if torch.compiler.is_compiling():
+            return cache_mask(input_pos, max_len)  # (T, max_len)
+        written = int(input_pos[-1]) + 1
+        if written > max_len:
+            raise ValueError(
+                f"position {written - 1} is past the KV cache's {max_len} slots: set it up with a larger max_len"
+            )
+        return None if written == input_pos.size(0) else cache_mask(input_pos, written)  # (T, written)
 
     def forward(
         self,
@@ -176,11 +207,11 @@ class GPT(nn.Module):
         Returns (logits (B, T, vocab_size), loss or None), plus the list of per-layer attention weights
         (each (B, nh, T, T)) when return_attention is True. Targets equal to -1 are ignored by the loss.
 
-        Generation: with a KV cache set (`setup_kv_cache`), input_pos (T,) holds the positions of idx's tokens
-        (the prompt at arange(T), then one token per call at its position) and attention weights are
-        (B, nh, T, block_size) over the cache's slots. only_last_logits computes the LM head at the last
-        position only (logits (B, 1, vocab)): all that sampling needs, and for a large vocabulary the head is
-        the biggest matmul of a long prefill.
+        Generation: with a KV cache set (`setup_kv_cache`), input_pos (T,) holds the consecutive positions of
+        idx's tokens (the prompt at arange(T), then one token per call at its position) and attention weights are
+        (B, nh, T, Tk) over the cache's first Tk slots (`_cache_mask`). only_last_logits computes the LM head at
+        the last position only (logits (B, 1, vocab)): all that sampling needs, and for a large vocabulary the
+        head is the biggest matmul of a long prefill.
         """
         B, T = idx.shape
         if T > self.config.block_size:
@@ -195,8 +226,7 @@ class GPT(nn.Module):
             mask = None
         else:
             pos = input_pos
-            # Computed once here rather than in each layer: which cache slots each position may see.
-            mask = cache_mask(input_pos, self.config.block_size)  # (T, block_size)
+            mask = self._cache_mask(input_pos)  # once here rather than in each layer
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
 
         attentions = []

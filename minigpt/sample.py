@@ -5,6 +5,7 @@
     minigpt sample --init-from gpt2 --prompt "Hello, I'm a language model," --top-p 0.9
     minigpt sample --prompt "def f(x):" --attention-map maps.png  # maps-layer0.png, ...: no text generated
     minigpt sample --prompt "def f(x):" --attention-map maps.html  # the interactive explorer page
+    minigpt sample --prompt-file prompts.txt --each-line --temperature 0  # one prompt per line, in input order
 
 (`python sample.py ...` in a checkout is the same command.)
 
@@ -24,7 +25,7 @@ import torch
 from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
 from minigpt.errors import UserError, print_error
 from minigpt.explorer import describe_model, token_texts, write_explorer
-from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, stream
+from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
 from minigpt.inspect import pattern_scores, probe_attention
 from minigpt.model import GPT
 from minigpt.plots import crop_to_block, head_summaries, layer_head_summaries, save_layer_maps, token_labels
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", help="text to continue (default: empty, start a new document)")
     prompt.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    parser.add_argument(
+        "--each-line",
+        action="store_true",
+        help="with --prompt-file: one prompt per line (blank lines are skipped), generated together (prompts of "
+        "equal token length share a batch), printed in input order",
+    )
     parser.add_argument("--num-samples", type=int, default=1, help="samples, generated in one batch")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is more random")
@@ -89,6 +96,31 @@ def read_prompt(args: argparse.Namespace) -> str:
     return text
 
 
+def read_prompts(args: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """(where, prompt) pairs: the one prompt, or with --each-line each line of the prompt file that is not blank."""
+    text = read_prompt(args)
+    if not args.each_line:
+        return [(None, text)]
+    if args.prompt_file is None or args.attention_map is not None:
+        raise UserError("--each-line takes one prompt per line of --prompt-file FILE, and no --attention-map")
+    lines = enumerate(text.split("\n"), start=1)
+    return [(f"line {n} of {args.prompt_file}", line.removesuffix("\r")) for n, line in lines if line.strip()]
+
+
+def prompt_ids(enc: tiktoken.Encoding, prompt: str, where: str | None, vocab_size: int) -> list[int]:
+    """The prompt's token ids; an error names where the prompt is (a line of the prompt file) when it is given."""
+    try:
+        ids = encode_prompt(enc, prompt)
+    except UserError as e:
+        raise UserError(f"{where}: {e}" if where else str(e)) from None
+    if max(ids) >= vocab_size:
+        raise UserError(
+            f"tokenizer {enc.name!r} gives token id {max(ids)}, beyond the model's vocab_size={vocab_size}: "
+            "the checkpoint's tokenizer and model do not match"
+        )
+    return ids
+
+
 def pick_device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     try:
         device = torch.device(args.device)
@@ -124,16 +156,12 @@ def run(args: argparse.Namespace) -> None:
         )
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise UserError(f"--seed {args.seed} must lie in [0, 2**63)")
-    prompt = read_prompt(args)
+    prompts = read_prompts(args)
     device, dtype = pick_device_and_dtype(args)
     model, tokenizer_name, source = load_model(args)
     enc = get_tokenizer(tokenizer_name)
-    ids = encode_prompt(enc, prompt)
-    if max(ids) >= model.config.vocab_size:
-        raise UserError(
-            f"tokenizer {tokenizer_name!r} gives token id {max(ids)}, beyond the model's vocab_size="
-            f"{model.config.vocab_size}: the checkpoint's tokenizer and model do not match"
-        )
+    all_ids = [prompt_ids(enc, text, where, model.config.vocab_size) for where, text in prompts]
+    prompt, ids = prompts[0][1], all_ids[0]  # the prompt, when there is one
     model.to(device=device, dtype=dtype)
     if args.attention_map is not None:
         write_attention_maps(model, enc, ids, Path(args.attention_map), source)
@@ -142,8 +170,19 @@ def run(args: argparse.Namespace) -> None:
         model.compile()  # in place, so the model keeps its methods (the KV cache setup)
 
     seed = random.randrange(2**31) if args.seed is None else args.seed
-    idx = torch.tensor([ids] * args.num_samples, device=device)  # (num_samples, T)
     stop_token = enc.eot_token if args.stop_at_eot else None
+    if args.each_line:
+        t0 = time.perf_counter()
+        rows = [ids for ids in all_ids for _ in range(args.num_samples)]  # each prompt num_samples times
+        samples = generate_each(
+            model, rows, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
+            seed=seed, stop_token=stop_token,
+        )  # fmt: skip
+        for row, sample in enumerate(samples):  # in input order, once all are made
+            print(prompts[row // args.num_samples][1] + enc.decode(sample) + SEPARATOR)
+        report_speed(sum(map(len, samples)), time.perf_counter() - t0, source, device, seed)
+        return
+    idx = torch.tensor([ids] * args.num_samples, device=device)  # (num_samples, T)
     samples: list[list[int]] = [[] for _ in range(args.num_samples)]
     live = TokenDecoder(enc) if args.num_samples == 1 else None  # one sample is printed as it is made
 
@@ -167,7 +206,10 @@ def run(args: argparse.Namespace) -> None:
         for sample in samples:
             print(prompt + enc.decode([t for t in sample if t != stop_token]) + SEPARATOR)
 
-    n_new = sum(len(sample) for sample in samples)
+    report_speed(sum(len(sample) for sample in samples), seconds, source, device, seed)
+
+
+def report_speed(n_new: int, seconds: float, source: str, device: torch.device, seed: int) -> None:
     print(
         f"{n_new} tokens in {seconds:.2f} s ({n_new / seconds:.1f} tokens/s) from {source} on {device}, seed {seed}",
         file=sys.stderr,

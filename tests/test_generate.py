@@ -1,13 +1,23 @@
 """Generation: the KV cache against recomputing, the sampling controls, streaming, and the prompt text helpers."""
 
+import copy
 import math
 
 import pytest
 import tiktoken
 import torch
 
+import minigpt.generate
 from minigpt.attention import CausalSelfAttention, KVCache, cache_mask, causal_mask
-from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate, sample_next, stream
+from minigpt.generate import (
+    TokenDecoder,
+    check_sampling,
+    encode_prompt,
+    generate,
+    generate_each,
+    sample_next,
+    stream,
+)
 from minigpt.model import GPT, GPTConfig
 
 VOCAB, BLOCK = 97, 16
@@ -49,8 +59,10 @@ def test_cached_logits_equal_full_forward_at_every_position(model):
     torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_step_never_sees_unwritten_or_stale_cache_slots():
-    """Slots after the query's position hold garbage here (a previous window's keys, in generation)."""
+@pytest.mark.parametrize("all_slots", [True, False], ids=["all slots, masked", "written slots"])
+def test_decode_step_never_sees_unwritten_or_stale_cache_slots(all_slots):
+    """Slots after the query's position hold garbage here (a previous window's keys, in generation). A step attends
+    to all max_len slots under a mask (compiled), or to the slots written so far (eager)."""
     torch.manual_seed(0)
     layer = CausalSelfAttention(32, 4).eval()
     x = torch.randn(2, 8, 32)
@@ -59,8 +71,11 @@ def test_decode_step_never_sees_unwritten_or_stale_cache_slots():
         layer.kv_cache = KVCache(2, 4, 12, 8)
         layer.kv_cache.k_cache.fill_(1e4)
         layer.kv_cache.v_cache.fill_(-1e4)
-        prefill = layer(x[:, :5], input_pos=torch.arange(5))
-        steps = [layer(x[:, t : t + 1], input_pos=torch.tensor([t])) for t in range(5, 8)]
+        prefill = layer(x[:, :5], input_pos=torch.arange(5))  # no mask: positions 0..4 attend causally
+        steps = []
+        for t in range(5, 8):
+            pos = torch.tensor([t])
+            steps.append(layer(x[:, t : t + 1], input_pos=pos, mask=cache_mask(pos, 12 if all_slots else t + 1)))
     torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -70,14 +85,50 @@ def test_cache_mask_generalises_causal_mask():
     assert row.tolist() == [[True] * 4 + [False] * 4]
 
 
-def test_attention_weights_with_the_cache_cover_its_slots(model):
+def test_attention_weights_with_the_cache_cover_the_written_slots(model):
     with torch.no_grad():
         model.setup_kv_cache(1)
-        _, _, attentions = model(torch.tensor([[1, 2, 3]]), return_attention=True, input_pos=torch.arange(3))
+        _, _, prefill = model(torch.tensor([[1, 2, 3]]), return_attention=True, input_pos=torch.arange(3))
+        _, _, step = model(torch.tensor([[4]]), return_attention=True, input_pos=torch.tensor([3]))
         model.clear_kv_cache()
-    weights = attentions[0]
-    assert weights.shape == (1, 2, 3, BLOCK)
-    assert torch.all(weights[..., 3:] == 0) and torch.equal(weights[0, 0, :, :3] > 0, causal_mask(3))
+    assert prefill[0].shape == (1, 2, 3, 3) and torch.equal(prefill[0][0, 0] > 0, causal_mask(3))
+    assert step[0].shape == (1, 2, 1, 4) and torch.all(step[0] > 0)
+
+
+def test_generation_sizes_the_cache_to_what_it_needs(model):
+    """The prompt's positions and every new token's but the last, capped at block_size."""
+    for T, new, expected in [(3, 5, 7), (1, 1, 1), (10, 7, BLOCK), (BLOCK + 5, 2, BLOCK)]:
+        steps = stream(model, torch.zeros(2, T, dtype=torch.long), new)
+        next(steps)
+        cache = model.transformer.h[0].attn.kv_cache
+        assert cache.k_cache.shape == cache.v_cache.shape == (2, 2, expected, 16)  # (B, nh, max_len, hs)
+        steps.close()
+    model.setup_kv_cache(1, max_len=4)
+    try:
+        with pytest.raises(ValueError, match="position 4 is past the KV cache's 4 slots"):
+            model(torch.zeros(1, 5, dtype=torch.long), input_pos=torch.arange(5))
+    finally:
+        model.clear_kv_cache()
+    with pytest.raises(ValueError, match=rf"max_len=17 must be in \[1, block_size={BLOCK}\]"):
+        model.setup_kv_cache(1, max_len=BLOCK + 1)
+
+
+def test_compiled_generation_keeps_one_shape_per_step(model):
+    """Under torch.compile every decoding step attends to all cache slots under a mask, so the steps share one graph:
+    the prefill and the one-token step are all that is compiled (dynamic=False would recompile on any new shape)."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = copy.deepcopy(model)
+    compiled.compile(backend=counting_backend, dynamic=False, fullgraph=True)
+    idx = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(generate(compiled, idx, 10, temperature=0), greedy_by_recomputing(model, idx, 10))
+    assert len(graphs) == 2
+    torch._dynamo.reset()
 
 
 def test_cache_leaves_state_dict_alone_and_clears(model):
@@ -194,6 +245,28 @@ def test_stream_yields_step_by_step_and_clears_the_cache_when_closed(model):
     steps.close()
     assert model.transformer.h[0].attn.kv_cache is None
     assert torch.equal(generate(model, torch.zeros(1, 2, dtype=torch.long), 0), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_generate_each_batches_by_length_and_keeps_the_input_order(model, monkeypatch):
+    prompts = [[1, 2, 3], [4], [5, 6, 7], [8] * (BLOCK + 2), [9]]  # lengths 3, 1, 3, 18 (past block_size), 1
+    alone = [generate(model, torch.tensor([ids]), 12, temperature=0)[0, len(ids) :].tolist() for ids in prompts]
+    batches, real_stream = [], minigpt.generate.stream
+
+    def spy(model, idx, *args, **kwargs):
+        batches.append(idx.tolist())
+        return real_stream(model, idx, *args, **kwargs)
+
+    monkeypatch.setattr(minigpt.generate, "stream", spy)
+    assert generate_each(model, prompts, 12, temperature=0) == alone
+    assert batches == [[[1, 2, 3], [5, 6, 7]], [[4], [9]], [[8] * (BLOCK + 2)]]  # in the order of their first prompt
+
+    stop = alone[0][4]
+    stopped = generate_each(model, prompts, 12, temperature=0, stop_token=stop)
+    for tokens, free in zip(stopped, alone, strict=True):  # each up to its stop token, which is left out
+        assert tokens == (free[: free.index(stop)] if stop in free else free)
+    sampled = generate_each(model, prompts, 12, seed=5, top_p=0.9)
+    assert sampled == generate_each(model, prompts, 12, seed=5, top_p=0.9)
+    assert sampled[1:2] == [generate(model, torch.tensor([[4], [9]]), 12, seed=6, top_p=0.9)[0, 1:].tolist()]
 
 
 # --- text on either side -------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Properties over random model shapes, sequence lengths and masks (hypothesis): the fused SDPA path and the plain
 weights path agree, attention is causal, and generation with the KV cache equals generation without it."""
 
+from unittest import mock
+
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -144,3 +146,27 @@ def test_greedy_generation_with_the_cache_equals_without(config, B, data, seed):
     recomputed = generate(model, idx, new, temperature=0, use_cache=False)
     assert cached.shape == (B, T + new)
     assert torch.equal(cached, recomputed)
+
+
+@settings(FEW, max_examples=15)  # three generations per example
+@given(config=configs(max_block=8), B=st.integers(1, 4), data=st.data(), seed=SEEDS)
+def test_generation_with_the_cache_equals_recomputing_on_either_cache_path(config, B, data, seed):
+    """Tokens with the KV cache are those of recomputing the whole context at every step, greedy and sampled
+    (top-k, top-p, one seed), for random shapes, batch sizes, prompt lengths and lengths past block_size; on both
+    cache paths: eager (a step's keys are the slots written so far) and compiled (every slot, the unwritten ones
+    masked; taken here without compiling). In float64, so that no near-tie of two logits flips a token."""
+    T = data.draw(st.integers(1, config.block_size + 3), label="prompt length")
+    new = data.draw(st.integers(1, 2 * config.block_size + 2), label="new tokens")
+    sampling = data.draw(
+        st.sampled_from(
+            [{"temperature": 0}, {"top_k": 3, "seed": seed}, {"temperature": 0.7, "top_p": 0.8, "seed": seed}]
+        ),
+        label="sampling",
+    )
+    model = random_model(config, seed, torch.float64)
+    idx = torch.randint(0, config.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+    recomputed = generate(model, idx, new, use_cache=False, **sampling)
+    assert recomputed.shape == (B, T + new)
+    assert torch.equal(generate(model, idx, new, **sampling), recomputed)
+    with mock.patch.object(torch.compiler, "is_compiling", return_value=True):  # GPT._cache_mask's compiled path
+        assert torch.equal(generate(model, idx, new, **sampling), recomputed)

@@ -91,6 +91,43 @@ def test_prompt_file_longer_than_block_size_slides_the_window(tmp_path, ckpt, ca
     assert code == 0 and out.startswith("long prompt, " * 10) and err.startswith("5 tokens in")
 
 
+def test_each_line_generates_every_prompt_and_prints_them_in_input_order(tmp_path, ckpt, capsys):
+    """Lines of several lengths, one past block_size, blank lines and CRLF endings: each line's text is what that
+    prompt alone gives (greedy), in the file's order."""
+    lines = ["To be", "or not", "to be,", "long prompt, " * 4, "that"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(("\r\n".join(lines[:2]) + "\n\n  \n" + "\n".join(lines[2:]) + "\n").encode())
+    greedy = ("--ckpt", str(ckpt), "--temperature", "0", "--max-new-tokens", "6", "--no-stop-at-eot")
+    code, out, err = run_main(capsys, *greedy, "--prompt-file", str(prompts), "--each-line")
+    assert code == 0 and err.startswith("30 tokens in")
+    texts = out.split(sample.SEPARATOR + "\n")
+    assert texts[-1] == "" and len(texts) == len(lines) + 1
+    for line, text in zip(lines, texts, strict=False):
+        assert text == run_main(capsys, *greedy, "--prompt", line)[1].removesuffix("\n")
+    code, out, _ = run_main(capsys, *greedy, "--prompt-file", str(prompts), "--each-line", "--num-samples", "2")
+    assert code == 0 and out.split(sample.SEPARATOR + "\n")[:-1] == [text for text in texts[:-1] for _ in range(2)]
+
+
+@pytest.mark.parametrize(
+    "lines,extra,message",
+    [
+        (["a", "b<|endoftext|>"], [], "line 2 of {file}: the prompt contains the special token <|endoftext|>"),
+        (["", " ", ""], [], "prompt file {file} is empty"),
+        (["a"], ["--attention-map", "{tmp}/maps.png"], "--each-line takes one prompt per line of --prompt-file FILE"),
+        (None, ["--prompt", "a"], "--each-line takes one prompt per line of --prompt-file FILE"),
+    ],
+)
+def test_each_line_bad_input_is_one_line_and_exit_code_2(tmp_path, ckpt, capsys, lines, extra, message):
+    file = tmp_path / "prompts.txt"
+    source = ["--prompt-file", str(file)] if lines is not None else []
+    if lines is not None:
+        file.write_text("\n".join(lines), encoding="utf-8")
+    argv = ["--ckpt", str(ckpt), "--each-line", *source, *(a.format(tmp=tmp_path) for a in extra)]
+    code, out, err = run_main(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message.format(file=file, tmp=tmp_path) in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -1,0 +1,38 @@
+"""`Linear`: nn.Linear's results and parameters, whichever order it multiplies in."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minigpt.linear import WEIGHT_FIRST_ROWS, Linear
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 1), (2, 16), (33, 1), (3, 40), (2, 200)])  # rows: 1, 7, 32, 33, 120, 400
+def test_equals_nn_linear_for_any_rows(shape, bias):
+    torch.manual_seed(0)
+    layer = Linear(48, 80, bias=bias)
+    x = torch.randn(*shape, 48)
+    with torch.no_grad():
+        y = layer(x)
+    assert y.shape == (*shape, 80)
+    torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_weight_first_only_for_inference_on_the_cpu(monkeypatch):
+    """With gradients on, the product is nn.Linear's own, to the bit; without, a few rows go weight first."""
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    x = torch.randn(WEIGHT_FIRST_ROWS.start, 48)
+    real_addmm, left_operands = torch.addmm, []
+
+    def spy(bias, a, b):
+        left_operands.append(tuple(a.shape))
+        return real_addmm(bias, a, b)
+
+    monkeypatch.setattr(torch, "addmm", spy)
+    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias)) and left_operands == []
+    with torch.no_grad():
+        layer(x)
+    assert left_operands == [(80, 48)]  # the weight
+    assert set(layer.state_dict()) == {"weight", "bias"}
