@@ -1,7 +1,8 @@
 """Regenerate docs/attention-explorer.png, the README's screenshot of the attention explorer.
 
-The page of a trained default run reading a small Python function, opened in headless Chromium (offline, as the
-browser tests open it) with two heads enlarged and one token pinned in the token view:
+The page `sample.py --attention-map page.html` writes for a trained default run reading a small Python function,
+opened in headless Chromium (offline, as the browser tests open it) with two heads enlarged and one token pinned in
+the token view:
 
     python train.py --name demo                          # the default config, about 3 minutes on 2 CPU cores
     python scripts/explorer_screenshot.py                # reads runs/demo/checkpoints/best.ckpt
@@ -10,6 +11,8 @@ Needs Debian's chromium and chromium-driver packages and Selenium (the dev extra
 """
 
 import argparse
+import contextlib
+import io
 import sys
 import tempfile
 from pathlib import Path
@@ -17,10 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.browser, the browser the tests drive
 
-from minigpt.checkpoint import load_checkpoint  # noqa: E402
-from minigpt.explorer import describe_model, token_texts, write_explorer  # noqa: E402
-from minigpt.plots import layer_head_summaries, probe_attention  # noqa: E402
-from minigpt.tokenizer import get_tokenizer  # noqa: E402
+from minigpt.sample import main as sample  # noqa: E402
 from tests.browser import chromium, missing  # noqa: E402
 
 PROMPT = "def f(x):\n    if x:\n        return x\n    return 0\n\ndef g(items):\n    for item in items:\n"
@@ -39,18 +39,15 @@ def main() -> int:
         print(f"error: {reason}", file=sys.stderr)
         return 2
 
-    model, tokenizer = load_checkpoint(args.ckpt)
-    enc = get_tokenizer(tokenizer)
-    ids = enc.encode_ordinary(PROMPT)
-    weights = probe_attention(model, ids)
-    header = {"model": describe_model(model.config), "source": args.ckpt}
     width, height = (int(n) for n in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp, chromium(width, height, args.scale) as browser:
         from selenium.webdriver.common.by import By
 
-        page = write_explorer(
-            Path(tmp) / "explorer.html", weights, token_texts(enc, ids), layer_head_summaries(weights), header
-        )
+        page = Path(tmp) / "explorer.html"
+        with contextlib.redirect_stdout(io.StringIO()):  # the head table it prints
+            code = sample(["--ckpt", args.ckpt, "--prompt", PROMPT, "--attention-map", str(page)])
+        if code != 0:
+            return code
         browser.get(page.as_uri())
         for layer_head in args.heads.split(","):
             layer, head = layer_head.split(".")

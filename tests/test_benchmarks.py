@@ -7,18 +7,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_run_all_quick_completes_and_prints_its_table():
+def quick_run(script: str) -> list[str]:
+    """The lines `benchmarks/<script> --quick` prints, once it has exited with code 0."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick"],
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    lines = proc.stdout.rstrip().splitlines()
+    return proc.stdout.rstrip().splitlines()
+
+
+def test_run_all_quick_completes_and_prints_its_table():
+    lines = quick_run("run_all.py")
     table = lines[-7:]  # the header and one row per benchmark, printed last
-    assert table[0].split()[:3] == ["benchmark", "status", "seconds"], proc.stdout[-2000:]
+    assert table[0].split()[:3] == ["benchmark", "status", "seconds"], "\n".join(lines[-40:])
     scripts = [
         "bench_attention.py", "bench_train_step.py", "bench_memory.py", "bench_loader.py", "bench_time_to_quality.py",
         "bench_generate.py",
@@ -38,15 +43,7 @@ def test_run_all_quick_completes_and_prints_its_table():
 
 
 def test_attention_maps_benchmark_quick_prints_every_part_and_the_share():
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_attention_maps.py"), "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    lines = proc.stdout.rstrip().splitlines()
+    lines = quick_run("bench_attention_maps.py")
     assert lines[-8].split() == ["median", "per", "run", "seconds", "per", "run", "of", "training"]
     rows = [line.strip().split("  ")[0] for line in lines[-7:-1]]
     parts = ["of which probe and PNGs", "of which head scores", "of which explorer page"]
