@@ -234,7 +234,8 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
     scores = pattern_scores(weights, torch.tensor(ids))  # previous_token, duplicate_token, induction: (n_layer, nh)
     if out.suffix.lower() == ".html":
         header = {"model": describe_model(model.config), "source": note}
-        labels = scores | layer_head_summaries(weights)
+        summaries = layer_head_summaries(weights)  # the previous-token share is in the scores already
+        labels = scores | {name: summaries[name] for name in ("entropy", "first_token")}
         paths = [write_explorer(out, weights, token_texts(enc, ids), labels, header)]
     else:
         paths = save_layer_maps(

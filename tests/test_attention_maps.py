@@ -304,7 +304,7 @@ def test_sample_writes_the_explorer_page_for_an_html_name(tmp_path, capsys):
         "source": str(ckpt),
         "tokens": "22",
     }
-    assert [s["name"] for s in page["scores"]] == [*SCORES, *SUMMARIES]  # on the prompt: scores, then summaries
+    assert [s["name"] for s in page["scores"]] == [*SCORES, "entropy", "first_token"]
     assert len(stdout.splitlines()) == 1 + 2 * 2  # the table of head summaries, and no generated text
 
 
