@@ -20,9 +20,9 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from minigpt import data as data_module
 from minigpt.cli import main
 from minigpt.data import TextDataModule
+from minigpt.data import sources as data_sources
 from minigpt.model import GPTConfig
 from minigpt.tokenizer import get_tokenizer
 from tests.skips import gpt2_or_skip
@@ -289,7 +289,7 @@ NO_WHITESPACE = "a-run-of-text-with-no-whitespace-to-cut-at;" * 4  # cut where i
 
 def prepare_in_pieces(tmp_path: Path, monkeypatch, tokenizer: str, files: dict[str, bytes]) -> TextDataModule:
     """The files prepared with pieces of 40 characters: many cuts, a few per line, one in a long run."""
-    monkeypatch.setattr(data_module, "TEXT_CHUNK_CHARS", 40)
+    monkeypatch.setattr(data_sources, "TEXT_CHUNK_CHARS", 40)
     folder = tmp_path / "corpus"
     folder.mkdir()
     for name, content in files.items():

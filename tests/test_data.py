@@ -187,7 +187,7 @@ def same(a: list, b: list) -> bool:
 
 def windows(dm: TextDataModule, start: int = 0, rank: int = 0, seed: int = 1337) -> TokenWindows:
     batches = range(start, 10**9)
-    return TokenWindows(dm._bin("train"), dm.dtype, dm.block_size, dm.batch_size, batches, seed, rank)
+    return TokenWindows(dm.cache.bin("train"), dm.dtype, dm.block_size, dm.batch_size, batches, seed, rank)
 
 
 def test_y_is_x_shifted_by_one(prepared):

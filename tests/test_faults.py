@@ -249,7 +249,7 @@ def test_killed_while_writing_the_token_cache_rebuilds_it(killed, rerun, tmp_pat
     # Half-written: the first batch is in the temporary files, and no meta.json vouches for anything.
     assert (cache / "train.bin.tmp").stat().st_size > 0 and not (cache / "meta.json").exists()
     assert not (cache / "train.bin").exists()
-    assert data_module(result.dir)._cache_problem(data_module(result.dir)._fingerprint()) == "no cache yet"
+    assert data_module(result.dir).cache.problem(data_module(result.dir).cache.fingerprint()) == "no cache yet"
 
     code, out, err = rerun(result.dir, *BOOKS)
     assert code == 0, err
@@ -266,7 +266,7 @@ def test_killed_between_the_cache_renames_never_mixes_old_and_new(killed, rerun,
     # train.bin is the new one, val.bin still the old one: the old meta.json went first, so neither is trusted.
     assert np.array_equal(np.fromfile(cache / "train.bin", np.uint16), np.fromfile(reference / "train.bin", np.uint16))
     assert (cache / "val.bin.tmp").exists() and not (cache / "meta.json").exists()
-    assert data_module(result.dir)._read_meta() is None
+    assert data_module(result.dir).cache.read_meta() is None
 
     code, out, err = rerun(result.dir, *BOOKS)
     assert code == 0, err
