@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -171,13 +170,14 @@ def test_every_checkpoint_load_is_weights_only():
 
 def lie_about_the_length(meta: dict) -> str:
     meta["tokens"]["train"] += 1000
+    meta["shards"]["train"][0] += 1000
     return json.dumps(meta)
 
 
 @pytest.mark.parametrize(
     "edit,problem",
     [
-        (lie_about_the_length, "train.bin is missing or truncated"),
+        (lie_about_the_length, "train-00000.bin is missing or truncated"),
         (lambda meta: '{"tokens": ', "meta.json is damaged"),
         (lambda meta: "{}", "meta.json is damaged"),
         (lambda meta: json.dumps(meta | {"tokens": {"train": "many", "val": 3}}), "meta.json is damaged"),
@@ -301,8 +301,7 @@ def prepare_in_pieces(tmp_path: Path, monkeypatch, tokenizer: str, files: dict[s
 
 
 def tokens(dm: TextDataModule, split: str) -> list[int]:
-    dtype = json.loads((Path(dm.cache_dir) / "meta.json").read_text())["dtype"]
-    return np.fromfile(Path(dm.cache_dir) / f"{split}.bin", dtype=dtype).tolist()
+    return dm.cache.tokens(split).tolist()
 
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "gpt2"])

@@ -8,6 +8,6 @@ tokenizes it once into token files with a fingerprinted `meta.json`; `windows` c
 from minigpt.data.cache import TokenCache
 from minigpt.data.module import TextDataModule
 from minigpt.data.sources import Source, embedded_corpus
-from minigpt.data.windows import TokenWindows, cut_windows
+from minigpt.data.windows import TokenStream, TokenWindows, cut_windows
 
-__all__ = ["Source", "TextDataModule", "TokenCache", "TokenWindows", "cut_windows", "embedded_corpus"]
+__all__ = ["Source", "TextDataModule", "TokenCache", "TokenStream", "TokenWindows", "cut_windows", "embedded_corpus"]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from minigpt.data.cache import SPLITS, TokenCache
 from minigpt.data.sources import Source
-from minigpt.data.windows import TokenWindows, cut_windows
+from minigpt.data.windows import TokenStream, TokenWindows, cut_windows
 from minigpt.errors import UserError
 from minigpt.tokenizer import available, get_tokenizer
 
@@ -123,12 +123,13 @@ class TextDataModule(L.LightningDataModule):
             self.check_windows()
 
     def setup(self, stage: str | None = None) -> None:
-        """Map the prepared token files read-only and check each holds at least one window."""
+        """Read the prepared token shards read-only and check each holds at least one window."""
         meta = self.cache.read_meta()
         if meta is None:
             raise FileNotFoundError(f"no token cache in {self.cache_dir}; call prepare_data() first")
         self.dtype = meta["dtype"]
-        self.data = {split: np.memmap(self.cache.bin(split), dtype=self.dtype, mode="r") for split in SPLITS}
+        self.shards = {split: self.cache.shards(split, meta) for split in SPLITS}
+        self.data = {split: TokenStream(self.shards[split], self.dtype) for split in SPLITS}
         self.check_windows({split: len(data) for split, data in self.data.items()})
 
     def check_windows(self, tokens: dict[str, int] | None = None) -> None:
@@ -173,7 +174,7 @@ class TextDataModule(L.LightningDataModule):
 
     def _windows(self, split: str, batches: range, seed: int | None = None, rank: int = 0) -> TokenWindows:
         return TokenWindows(
-            self.cache.bin(split),
+            self.shards[split],
             self.dtype,
             self.block_size,
             self.batch_size,
@@ -194,7 +195,7 @@ class TextDataModule(L.LightningDataModule):
         tokens = self._device_tokens.get(split)
         if tokens is None or tokens.device != starts.device:
             # int32: every tokenizer's ids fit, at half the memory of int64.
-            tokens = torch.from_numpy(self.data[split].astype(np.int32)).to(starts.device)
+            tokens = torch.from_numpy(self.data[split][:].astype(np.int32)).to(starts.device)
             self._device_tokens[split] = tokens
         return cut_windows(tokens, starts, self.block_size)
 
