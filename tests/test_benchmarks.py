@@ -17,10 +17,11 @@ def test_run_all_quick_completes_and_prints_its_table():
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = proc.stdout.rstrip().splitlines()
-    table = lines[-6:]  # the header and one row per benchmark, printed last
+    table = lines[-7:]  # the header and one row per benchmark, printed last
     assert table[0].split()[:3] == ["benchmark", "status", "seconds"], proc.stdout[-2000:]
     scripts = [
         "bench_attention.py", "bench_train_step.py", "bench_memory.py", "bench_loader.py", "bench_time_to_quality.py",
+        "bench_prepare.py",
     ]  # fmt: skip
     for row, script in zip(table[1:], scripts, strict=True):
         assert row.split()[:2] == [script, "ok"], row
@@ -29,6 +30,7 @@ def test_run_all_quick_completes_and_prints_its_table():
     assert "GiB estimated" in table[3]
     assert "tokens_on_device" in table[4]
     assert "val/loss <= 1.47" in table[5]
+    assert "x llm.c per process" in table[6] and "from 1 to 2 processes" in table[6]
     # The memory estimate on fake tensors equals the same tracker's count on real ones.
     (check,) = [line for line in lines if line.startswith("check: fake-tensor estimate")]
     estimate, real = (int(word.replace(",", "")) for word in check.split() if word.replace(",", "").isdigit())
