@@ -210,9 +210,10 @@ class TokenCache:
         folder = self.shard_dir(fingerprint)
         if (meta := self.read_meta()) is not None and meta.get("fingerprint") == fingerprint:
             shutil.rmtree(folder, ignore_errors=True)  # the meta of these very settings did not vouch for them
+        ds = self._load()  # a source that cannot be read fails here, before anything is written
         os.makedirs(folder, exist_ok=True)
         try:
-            counts = self._write_shards(folder, dtype)
+            counts = self._write_shards(ds, folder, dtype)
             paths = [p for split in SPLITS for p in self._paths(folder, split, counts) if os.path.getsize(p)]
             if not any(np.any(np.memmap(p, dtype, mode="r") != enc.eot_token) for p in paths):  # only end-of-texts
                 raise UserError(
@@ -244,9 +245,11 @@ class TokenCache:
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
         return flag_val(self.source.read(), self.source.column, self.val_fraction)
 
-    def _write_shards(self, folder: str, dtype: str) -> dict[str, list[int]]:
+    def _write_shards(
+        self, ds: datasets.Dataset | datasets.IterableDataset, folder: str, dtype: str
+    ) -> dict[str, list[int]]:
         """Write the shards not already whole in `folder`; each split's token count per shard."""
-        ds, column = self._load(), self.source.column
+        column = self.source.column
         batch_rows = TEXT_BATCH_ROWS if self.source.source == "text" else DOC_BATCH_ROWS
         counts, itemsize = {split: [] for split in SPLITS}, np.dtype(dtype).itemsize
 
