@@ -38,7 +38,8 @@ class TextDataModule(L.LightningDataModule):
         seed: Seeds the training windows, together with the DDP rank and the batch number.
         val_batches: How many fixed batches form the validation set (shared out among DDP processes).
         num_workers: DataLoader worker processes.
-        num_proc: Processes that tokenize (`datasets.Dataset.map`); None tokenizes in this process.
+        num_proc: Processes that tokenize, a pool over batches of rows; None: every core. Any number writes the
+            same shards.
         data_dir: Root of the token caches, written to `<data_dir>/<dataset_name>/<tokenizer>/`.
         dataset_name: The cache folder's name; None derives it from the source.
         tokens_on_device: Copy all the tokens to the training device once and cut the windows there: the loader
