@@ -30,9 +30,11 @@ def synthetic_cache(data_dir: Path, vocab: int = 257) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     counts = {"train": TOKENS * 9 // 10, "val": TOKENS - TOKENS * 9 // 10}
+    (folder / "shards-synthetic").mkdir()
     for split, n in counts.items():
-        rng.integers(0, vocab, n, dtype=np.uint16).tofile(folder / f"{split}.bin")
-    meta = {"dtype": "uint16", "tokens": counts, "fingerprint": "synthetic", "vocab_size": vocab}
+        rng.integers(0, vocab, n, dtype=np.uint16).tofile(folder / "shards-synthetic" / f"{split}-00000.bin")
+    shards = {split: [n] for split, n in counts.items()}
+    meta = {"dtype": "uint16", "tokens": counts, "shards": shards, "fingerprint": "synthetic", "vocab_size": vocab}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 

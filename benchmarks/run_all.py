@@ -7,7 +7,7 @@
 The full time-to-quality run is left out on a CPU (5000 steps of the baby GPT take hours there).
 
 Each benchmark prints its own table and ends with a `summary:` line, which goes into the table printed last.
-bench_prepare.py and bench_attention_maps.py are run on their own (see README.md).
+bench_attention_maps.py is run on its own (see README.md).
 """
 
 import argparse
@@ -22,8 +22,9 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "bench_attention.py", "bench_train_step.py", "bench_memory.py", "bench_loader.py", "bench_time_to_quality.py",
     "bench_generate.py",
+    "bench_prepare.py",
 ]  # fmt: skip
-TAKES_DEVICE = set(BENCHMARKS) - {"bench_time_to_quality.py"}  # train.py picks the GPU by itself
+TAKES_DEVICE = set(BENCHMARKS) - {"bench_time_to_quality.py", "bench_prepare.py"}  # train.py picks the GPU by itself
 
 
 def run(script: str, args: list[str]) -> tuple[int, float, list[str]]:

@@ -175,7 +175,7 @@ def test_training_logs_maps_and_head_scalars_to_wandb_offline_and_saves_pngs(in_
     assert "attention maps: probe cropped from 64 to block_size=16 tokens" in capsys.readouterr().out
     run = in_tmp / "runs" / "w"
     # The default probe: the start of the validation split, labelled token by token.
-    probe = np.memmap(in_tmp / "data" / "python-reference" / "bytes" / "val.bin", dtype=np.uint16, mode="r")[:16]
+    probe = TextDataModule(data_dir=str(in_tmp / "data")).cache.tokens("val")[:16]
     size = expected_size(2, token_labels(BYTES, probe.tolist()))
     for step in ("000003", "000006"):  # validations at steps 3 and 6; training ends at 6, already drawn
         for layer in (0, 1):

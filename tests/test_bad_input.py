@@ -14,15 +14,14 @@ import sys
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from minigpt import data as data_module
 from minigpt.cli import main
 from minigpt.data import TextDataModule
+from minigpt.data import sources as data_sources
 from minigpt.model import GPTConfig
 from minigpt.tokenizer import get_tokenizer
 from tests.skips import gpt2_or_skip
@@ -171,13 +170,14 @@ def test_every_checkpoint_load_is_weights_only():
 
 def lie_about_the_length(meta: dict) -> str:
     meta["tokens"]["train"] += 1000
+    meta["shards"]["train"][0] += 1000
     return json.dumps(meta)
 
 
 @pytest.mark.parametrize(
     "edit,problem",
     [
-        (lie_about_the_length, "train.bin is missing or truncated"),
+        (lie_about_the_length, "train-00000.bin is missing or truncated"),
         (lambda meta: '{"tokens": ', "meta.json is damaged"),
         (lambda meta: "{}", "meta.json is damaged"),
         (lambda meta: json.dumps(meta | {"tokens": {"train": "many", "val": 3}}), "meta.json is damaged"),
@@ -289,7 +289,7 @@ NO_WHITESPACE = "a-run-of-text-with-no-whitespace-to-cut-at;" * 4  # cut where i
 
 def prepare_in_pieces(tmp_path: Path, monkeypatch, tokenizer: str, files: dict[str, bytes]) -> TextDataModule:
     """The files prepared with pieces of 40 characters: many cuts, a few per line, one in a long run."""
-    monkeypatch.setattr(data_module, "TEXT_CHUNK_CHARS", 40)
+    monkeypatch.setattr(data_sources, "TEXT_CHUNK_CHARS", 40)
     folder = tmp_path / "corpus"
     folder.mkdir()
     for name, content in files.items():
@@ -301,8 +301,7 @@ def prepare_in_pieces(tmp_path: Path, monkeypatch, tokenizer: str, files: dict[s
 
 
 def tokens(dm: TextDataModule, split: str) -> list[int]:
-    dtype = json.loads((Path(dm.cache_dir) / "meta.json").read_text())["dtype"]
-    return np.fromfile(Path(dm.cache_dir) / f"{split}.bin", dtype=dtype).tolist()
+    return dm.cache.tokens(split).tolist()
 
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "gpt2"])

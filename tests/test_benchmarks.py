@@ -22,11 +22,11 @@ def quick_run(script: str) -> list[str]:
 
 def test_run_all_quick_completes_and_prints_its_table():
     lines = quick_run("run_all.py")
-    table = lines[-7:]  # the header and one row per benchmark, printed last
+    table = lines[-8:]  # the header and one row per benchmark, printed last
     assert table[0].split()[:3] == ["benchmark", "status", "seconds"], "\n".join(lines[-40:])
     scripts = [
         "bench_attention.py", "bench_train_step.py", "bench_memory.py", "bench_loader.py", "bench_time_to_quality.py",
-        "bench_generate.py",
+        "bench_generate.py", "bench_prepare.py",
     ]  # fmt: skip
     for row, script in zip(table[1:], scripts, strict=True):
         assert row.split()[:2] == [script, "ok"], row
@@ -36,6 +36,7 @@ def test_run_all_quick_completes_and_prints_its_table():
     assert "tokens_on_device" in table[4]
     assert "val/loss <= 1.47" in table[5]
     assert "minigpt tokens/s vs HF generate" in table[6]
+    assert "x llm.c per process" in table[7] and "from 1 to 2 processes" in table[7]
     # The memory estimate on fake tensors equals the same tracker's count on real ones.
     (check,) = [line for line in lines if line.startswith("check: fake-tensor estimate")]
     estimate, real = (int(word.replace(",", "")) for word in check.split() if word.replace(",", "").isdigit())

@@ -1,4 +1,6 @@
+import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
 
 from minigpt.data import TextDataModule, TokenWindows, embedded_corpus
+from minigpt.data import cache as cache_module
 from minigpt.errors import UserError
 from tests.skips import gpt2_or_skip
 
@@ -34,7 +37,7 @@ def module(tmp_path, **kwargs) -> TextDataModule:
 
 
 def split_tokens(dm: TextDataModule) -> dict[str, np.ndarray]:
-    return {split: np.fromfile(Path(dm.cache_dir) / f"{split}.bin", dtype=np.uint16) for split in ("train", "val")}
+    return {split: dm.cache.tokens(split) for split in ("train", "val")}
 
 
 def documents(dm: TextDataModule, tokens: np.ndarray) -> list[str]:
@@ -143,7 +146,7 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, capsys):
     dm = module(tmp_path, source="text", path=str(path))
     dm.prepare_data()
     assert "no cache yet" in capsys.readouterr().out
-    train_bin = Path(dm.cache_dir) / "train.bin"
+    train_bin = Path(dm.cache.shards("train")[0])
     before = train_bin.stat().st_mtime_ns
     dm.prepare_data()
     assert capsys.readouterr().out == "" and train_bin.stat().st_mtime_ns == before
@@ -155,14 +158,83 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, capsys):
     with open(train_bin, "r+b") as f:
         f.truncate(10)
     dm.prepare_data()
-    assert "train.bin is missing or truncated" in capsys.readouterr().out
-    (Path(dm.cache_dir) / "val.bin").unlink()
+    assert "train-00000.bin is missing or truncated" in capsys.readouterr().out
+    Path(dm.cache.shards("val")[0]).unlink()
     dm.prepare_data()
-    assert "val.bin is missing or truncated" in capsys.readouterr().out
+    assert "val-00000.bin is missing or truncated" in capsys.readouterr().out
     path.write_text(TEXT + "more")
     dm.prepare_data()
     assert "changed" in capsys.readouterr().out
-    assert not list(Path(dm.cache_dir).glob("*.tmp"))
+    assert not list(Path(dm.cache_dir).rglob("*.tmp"))
+
+
+# ---- the cache in shards: written in parallel, read as one stream ------------------------------------------
+
+
+def small_shards(monkeypatch, batch_rows: int = 3) -> None:
+    """Shards of one batch of `batch_rows` documents (or text pieces): many shards from a small source."""
+    monkeypatch.setattr(cache_module, "SHARD_BATCHES", 1)
+    monkeypatch.setattr(cache_module, "DOC_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(cache_module, "TEXT_BATCH_ROWS", batch_rows)
+
+
+def cache_bytes(dm: TextDataModule) -> dict[str, bytes]:
+    folder = Path(dm.cache_dir)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("streaming,budget", [(False, None), (True, None), (True, 5_000)], ids=str)
+def test_any_number_of_processes_writes_the_same_cache(tmp_path, monkeypatch, streaming, budget):
+    small_shards(monkeypatch)
+    folder = write_parquet_hub(tmp_path / "hub", [f"{i}: {TEXT[: 40 + 37 * i]}" for i in range(24)])
+    caches = []
+    for num_proc in (1, 2, 3):
+        dm = module(
+            tmp_path / str(num_proc), source="hub", path=str(folder), text_column="content", streaming=streaming,
+            token_budget=budget, num_proc=num_proc, dataset_name="hub",
+        )  # fmt: skip
+        dm.prepare_data()
+        caches.append(cache_bytes(dm))
+    assert len(caches[0]) > 4  # several shards, each a train and a val file
+    assert caches[0] == caches[1] == caches[2]
+
+
+def test_shards_read_as_one_stream_give_the_windows_of_one_file(tmp_path, monkeypatch):
+    small_shards(monkeypatch, batch_rows=1)
+    for i in range(12):
+        (tmp_path / "books").mkdir(exist_ok=True)
+        (tmp_path / "books" / f"{i:02d}.txt").write_text(TEXT[: 100 + 20 * i])
+    dm = module(tmp_path, source="text", path=str(tmp_path / "books"), block_size=16)
+    dm.prepare_data()
+    dm.setup()
+    for split in ("train", "val"):
+        assert len(dm.shards[split]) == 12  # a window often spans two shards
+        single = tmp_path / f"{split}.bin"
+        dm.cache.tokens(split).tofile(single)
+        for seed, rank in ((1337, 0), (1337, 1), (7, 0), (None, 0)):
+            args = (dm.dtype, 16, 4, range(0, 8), seed, rank)
+            assert same(take(TokenWindows(dm.shards[split], *args), 8), take(TokenWindows([str(single)], *args), 8))
+            starts = [TokenWindows(paths, *args, starts_only=True) for paths in (dm.shards[split], [str(single)])]
+            assert all(torch.equal(a, b) for a, b in zip(*starts, strict=True))
+
+
+def test_a_single_file_cache_of_an_older_version_is_rebuilt_as_shards(tmp_path, capsys):
+    dm = module(tmp_path)
+    dm.prepare_data()
+    meta = json.loads(Path(dm.cache.meta_path).read_text())
+    # The layout before shards: train.bin and val.bin beside a meta.json with no shard list.
+    for split in ("train", "val"):
+        dm.cache.tokens(split).tofile(Path(dm.cache_dir) / f"{split}.bin")
+    shutil.rmtree(Path(dm.cache.shards("train")[0]).parent)
+    meta.pop("shards")
+    Path(dm.cache.meta_path).write_text(json.dumps(meta))
+    capsys.readouterr()
+    dm.prepare_data()
+    assert capsys.readouterr().out.endswith("val tokens (a single-file cache of an older version: rebuilt as shards)\n")
+    assert sorted(p.name for p in Path(dm.cache_dir).iterdir()) == [
+        "meta.json",
+        Path(dm.cache.shards("train")[0]).parent.name,
+    ]
 
 
 # ---- batches ------------------------------------------------------------------------------------------------
@@ -187,7 +259,7 @@ def same(a: list, b: list) -> bool:
 
 def windows(dm: TextDataModule, start: int = 0, rank: int = 0, seed: int = 1337) -> TokenWindows:
     batches = range(start, 10**9)
-    return TokenWindows(dm._bin("train"), dm.dtype, dm.block_size, dm.batch_size, batches, seed, rank)
+    return TokenWindows(dm.shards["train"], dm.dtype, dm.block_size, dm.batch_size, batches, seed, rank)
 
 
 def test_y_is_x_shifted_by_one(prepared):

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 import torch
 
 from minigpt.checkpoint import load_checkpoint
 from minigpt.cli import main
 from minigpt.data import TextDataModule
+from minigpt.data import cache as cache_module
 from tests.test_train import TINY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,23 +62,25 @@ def data_module(run_dir: Path) -> TextDataModule:
     return TextDataModule(source="text", path=path, dataset_name="books", data_dir=data_dir, block_size=16)
 
 
-# What the `python -c` wrappers patch before calling train.py's main: the third flatten of token ids is the
-# third split-batch appended to the temporary token files (the first batch is on disk, the second half-way);
-# the rename of val.bin comes after train.bin's and before meta.json is written.
-KILL_ON_THIRD_FLATTEN = """
-import pyarrow.compute as pc
-real, calls = pc.list_flatten, []
-def list_flatten(*args, **kwargs):
+# Shards of two batches of one book each: the six books make three shards. The `python -c` wrappers set the same
+# sizes, then patch what they stop in: the fourth `np.repeat` splits the fourth batch's tokens, while the second shard
+# holds the third batch (the first shard is whole); a rename of a shard's train file comes after its val file's;
+# meta.json is renamed into place after every shard is whole.
+SMALL_SHARDS = "import minigpt.data.cache as cache\ncache.SHARD_BATCHES, cache.TEXT_BATCH_ROWS = 2, 1\n"
+KILL_IN_THE_FOURTH_BATCH = """
+import numpy as np
+real, calls = np.repeat, []
+def repeat(*args, **kwargs):
     calls.append(1)
-    if len(calls) == 3:
+    if len(calls) == 4:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args, **kwargs)
-pc.list_flatten = list_flatten
+np.repeat = repeat
 """
-KILL_ON_VAL_BIN_RENAME = """
+KILL_ON_RENAME_TO = """
 real = os.replace
 def replace(src, dst, *args, **kwargs):
-    if str(dst).endswith("val.bin"):
+    if str(dst).endswith({name!r}):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst, *args, **kwargs)
 os.replace = replace
@@ -94,8 +96,11 @@ class Scenario:
 
 SCENARIOS = {
     # Data preparation, before any checkpoint exists.
-    "cache_write": Scenario(BOOKS, patch=KILL_ON_THIRD_FLATTEN, setup=lambda d: write_books(d / "books")),
-    "cache_rename": Scenario(BOOKS, patch=KILL_ON_VAL_BIN_RENAME, setup=old_cache_then_new_books),
+    "shard_write": Scenario(BOOKS, SMALL_SHARDS + KILL_IN_THE_FOURTH_BATCH, lambda d: write_books(d / "books")),
+    "shard_rename": Scenario(
+        BOOKS, SMALL_SHARDS + KILL_ON_RENAME_TO.format(name="train-00001.bin"), old_cache_then_new_books
+    ),
+    "meta_rename": Scenario(BOOKS, SMALL_SHARDS + KILL_ON_RENAME_TO.format(name="meta.json"), old_cache_then_new_books),
     # Training.
     "first_steps": Scenario(probe("on_train_batch_start", 1)),
     "mid_step": Scenario(probe("on_before_optimizer_step", 4)),  # after the backward pass of step 5
@@ -128,10 +133,18 @@ def run_scenario(run_dir: Path, scenario: Scenario) -> Killed:
     return Killed(run_dir, done.returncode, done.stdout + done.stderr)
 
 
+def small_shards(monkeypatch) -> None:
+    """The shard sizes of SMALL_SHARDS."""
+    monkeypatch.setattr(cache_module, "SHARD_BATCHES", 2)
+    monkeypatch.setattr(cache_module, "TEXT_BATCH_ROWS", 1)
+
+
 @pytest.fixture(autouse=True)
 def datasets_cache(tmp_path, monkeypatch):
-    """In-process data preparation caches its `datasets` files in the test's folder, not the user's cache."""
+    """In-process data preparation caches its `datasets` files in the test's folder, not the user's cache, and
+    writes shards of the killed runs' size."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    small_shards(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +155,7 @@ def killed(tmp_path_factory) -> dict[str, Killed]:
         if scenario.setup:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / name / "hf"))
+                small_shards(mp)
                 scenario.setup(root / name)
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {name: pool.submit(run_scenario, root / name, s) for name, s in SCENARIOS.items()}
@@ -221,7 +235,7 @@ def test_killed_before_the_first_checkpoint_starts_again(killed, rerun):
     assert_same_weights(result.dir, killed["uninterrupted"])
 
 
-# --- data preparation: the cache is rebuilt, never trusted half-written ------------------------------------------
+# --- data preparation: continued after the last whole shard, never trusted half-written ---------------------------
 
 
 def reference_cache(tmp_path: Path, books: Path) -> Path:
@@ -232,46 +246,71 @@ def reference_cache(tmp_path: Path, books: Path) -> Path:
 
 
 def assert_same_cache(cache: Path, reference: Path) -> None:
-    for name in ("train.bin", "val.bin"):
-        assert np.array_equal(np.fromfile(cache / name, np.uint16), np.fromfile(reference / name, np.uint16)), name
-    assert (
-        json.loads((cache / "meta.json").read_text())["tokens"]
-        == json.loads((reference / "meta.json").read_text())["tokens"]
-    )
-    assert not list(cache.glob("*.tmp"))
+    """The same files, the same bytes (meta.json but the path, which the run gives relative, and the fingerprint)."""
+    assert len(list(cache.iterdir())) == len(list(reference.iterdir())) == 2  # meta.json and one shard folder
+    shards, reference_shards = shards_dir(cache), shards_dir(reference)
+    assert sorted(p.name for p in shards.iterdir()) == sorted(p.name for p in reference_shards.iterdir())
+    for path in reference_shards.iterdir():
+        assert (shards / path.name).read_bytes() == path.read_bytes(), path.name
+    meta, reference_meta = (json.loads((d / "meta.json").read_text()) for d in (cache, reference))
+    for key in ("path", "fingerprint"):
+        meta.pop(key), reference_meta.pop(key)
+    assert meta == reference_meta
+
+
+def tokenized_batches(monkeypatch) -> list:
+    """Counts the batches the next preparation tokenizes."""
+    counted, real = [], cache_module.encoded_batches
+
+    def encoded_batches(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            counted.append(1)
+            yield batch
+
+    monkeypatch.setattr(cache_module, "encoded_batches", encoded_batches)
+    return counted
+
+
+def shards_dir(cache: Path) -> Path:
+    """The newest shard folder (the new books', when the old cache's is still there)."""
+    return max(cache.glob("shards-*"), key=lambda d: d.stat().st_mtime_ns)
 
 
 @pytest.mark.slow
-def test_killed_while_writing_the_token_cache_rebuilds_it(killed, rerun, tmp_path, capsys):
-    result = killed["cache_write"]
+@pytest.mark.parametrize(
+    "name,whole,redone",
+    [("shard_write", 1, 4), ("shard_rename", 1, 4), ("meta_rename", 3, 0)],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_killed_preparation_continues_after_its_last_whole_shard(
+    killed, rerun, tmp_path, monkeypatch, name, whole, redone
+):
+    """Killed anywhere, the next preparation keeps the whole shards, redoes at most the one being written, and ends
+    with the bytes of an uninterrupted preparation. Until the new meta.json is in place, the old cache (if any)
+    is still whole and still vouched for: old and new never mix."""
+    result = killed[name]
     was_killed(result)
     cache = result.dir / "data" / "books" / "bytes"
-    # Half-written: the first batch is in the temporary files, and no meta.json vouches for anything.
-    assert (cache / "train.bin.tmp").stat().st_size > 0 and not (cache / "meta.json").exists()
-    assert not (cache / "train.bin").exists()
-    assert data_module(result.dir)._cache_problem(data_module(result.dir)._fingerprint()) == "no cache yet"
+    shards = shards_dir(cache)
+    assert len(list(shards.glob("train-*.bin"))) == whole
+    meta = data_module(result.dir).cache.read_meta()
+    if name == "shard_write":
+        assert meta is None and (shards / "train-00001.bin.tmp").stat().st_size > 0  # half a shard
+    else:  # the old books' cache
+        assert meta is not None and data_module(result.dir).cache.problem(meta["fingerprint"]) is None
+    if name == "shard_rename":
+        assert (shards / "val-00001.bin").exists() and (shards / "train-00001.bin.tmp").exists()
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.bin") if int(p.stem[-5:]) < whole}
 
+    counted = tokenized_batches(monkeypatch)
     code, out, err = rerun(result.dir, *BOOKS)
     assert code == 0, err
-    assert "prepared data/books/bytes: " in out and "tokens (no cache yet)" in out and "step 6/6" in out
+    assert "prepared data/books/bytes: " in out and "step 6/6" in out
+    assert len(counted) == redone  # the batches of the shards that were not whole: two per shard
+    new = "tokens (no cache yet)" if name == "shard_write" else "tokens (the source or the settings changed)"
+    assert new in out
+    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("*.bin") if p.name in before} == before
     assert_same_cache(cache, reference_cache(tmp_path, result.dir / "books"))
-
-
-@pytest.mark.slow
-def test_killed_between_the_cache_renames_never_mixes_old_and_new(killed, rerun, tmp_path):
-    result = killed["cache_rename"]
-    was_killed(result)
-    cache = result.dir / "data" / "books" / "bytes"
-    reference = reference_cache(tmp_path, result.dir / "books")
-    # train.bin is the new one, val.bin still the old one: the old meta.json went first, so neither is trusted.
-    assert np.array_equal(np.fromfile(cache / "train.bin", np.uint16), np.fromfile(reference / "train.bin", np.uint16))
-    assert (cache / "val.bin.tmp").exists() and not (cache / "meta.json").exists()
-    assert data_module(result.dir)._read_meta() is None
-
-    code, out, err = rerun(result.dir, *BOOKS)
-    assert code == 0, err
-    assert "prepared data/books/bytes: " in out and "tokens (no cache yet)" in out and "step 6/6" in out
-    assert_same_cache(cache, reference)
 
 
 # --- Lightning's own checkpoint writer ---------------------------------------------------------------------------

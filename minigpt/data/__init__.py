@@ -1,0 +1,13 @@
+"""Text sources -> token cache in data/<dataset>/<tokenizer>/ -> batches of (x, y) windows.
+
+`sources` reads text (the embedded Python Language Reference, local text files and URLs, hub datasets); `cache`
+tokenizes it once into token files with a fingerprinted `meta.json`; `windows` cuts batches of windows out of them;
+`module` is the `LightningDataModule` that ties them together.
+"""
+
+from minigpt.data.cache import TokenCache
+from minigpt.data.module import TextDataModule
+from minigpt.data.sources import Source, embedded_corpus
+from minigpt.data.windows import TokenStream, TokenWindows, cut_windows
+
+__all__ = ["Source", "TextDataModule", "TokenCache", "TokenStream", "TokenWindows", "cut_windows", "embedded_corpus"]

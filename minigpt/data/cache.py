@@ -1,0 +1,315 @@
+"""The token cache: a source tokenized once into `<data_dir>/<dataset>/<tokenizer>/`, reused while it matches.
+
+`train.bin` and `val.bin` hold the token ids (uint16, or uint32 for vocabularies over 65,536), each document followed
+by `<|endoftext|>`; `meta.json` holds the settings, the token counts and a fingerprint of the source and settings.
+Files are written to a temporary name and renamed, so an interrupted preparation never leaves a file that a later
+run trusts. The validation split is decided here: a seeded choice of documents, or a single document's tail.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from minigpt.data.sources import TEXT_BATCH_ROWS, Source
+from minigpt.data.windows import TokenStream
+from minigpt.errors import UserError
+from minigpt.tokenizer import get_tokenizer
+
+if TYPE_CHECKING:
+    import datasets
+
+SPLIT_SEED = 1337  # fixed, not the training seed: runs with different seeds validate on the same documents
+CACHE_VERSION = 2  # part of the fingerprint: bump it when the cache layout changes
+SPLITS = ("train", "val")
+DOC_BATCH_ROWS = 1000  # documents tokenized as one batch (local text: TEXT_BATCH_ROWS pieces)
+# Batches of rows per shard: with FineWeb-like documents (~1,000 tokens) about 64M tokens, 128 MB of uint16.
+SHARD_BATCHES = 64
+
+
+def _hash_unit(index: int) -> float:
+    """A uniform number in [0, 1) that depends only on `index` (and the split seed)."""
+    digest = hashlib.blake2b(f"{SPLIT_SEED}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _flag_val_streaming(batch: dict, indices: list[int], fraction: float) -> dict:
+    # A stream has no known length to draw a permutation from, so each document decides alone.
+    return {"val": [_hash_unit(i) < fraction for i in indices]}
+
+
+def choose_val(n: int, fraction: float) -> np.ndarray:
+    """Which of n documents validate: a seeded choice of ceil(fraction * n), so even two give one of each."""
+    val = np.zeros(n, dtype=bool)
+    val[np.random.default_rng(SPLIT_SEED).permutation(n)[: math.ceil(n * fraction)]] = True
+    return val
+
+
+def flag_val(
+    ds: datasets.Dataset | datasets.IterableDataset, column: str, fraction: float
+) -> datasets.Dataset | datasets.IterableDataset:
+    """`ds` with a boolean `val` column saying which rows validate."""
+    import datasets
+
+    if isinstance(ds, datasets.IterableDataset):
+        return ds.map(_flag_val_streaming, batched=True, with_indices=True, fn_kwargs={"fraction": fraction})
+    if ds.num_rows == 1:
+        # One document (Tiny Shakespeare): validate on its tail, cut at nanoGPT's int(n * 0.9).
+        text = ds[0][column]
+        cut = int(len(text) * (1 - fraction))
+        return datasets.Dataset.from_dict({column: [text[:cut], text[cut:]], "val": [False, True]})
+    return ds.add_column("val", choose_val(ds.num_rows, fraction))
+
+
+def encode(texts: list[str], ends: list[bool], tokenizer: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids of a batch of rows, concatenated, and each row's count of them.
+
+    `<|endoftext|>` follows each document, so the model sees where one ends and the next begins; a document read in
+    pieces (a local text file) gets it after its last piece only. One row at a time, in this process: the pool of
+    `prepare` processes is what runs batches in parallel.
+    """
+    enc = get_tokenizer(tokenizer)
+    rows = [
+        enc.encode_ordinary(text) + [enc.eot_token] if end else enc.encode_ordinary(text)
+        for text, end in zip(texts, ends, strict=True)
+    ]
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    return np.fromiter(itertools.chain.from_iterable(rows), dtype, int(lengths.sum())), lengths
+
+
+def encoded_batches(batches: Iterator[tuple], processes: int, tokenizer: str, dtype: str) -> Iterator[tuple]:
+    """(val flags, ends, ids, lengths) of each batch of (texts, ends, val flags), in order, tokenized by `processes`.
+
+    With more than one process, a pool (forked, as `datasets.map(num_proc=...)` forks) tokenizes up to two batches
+    per process ahead of the one being written; `Pool.imap` would read the whole source ahead instead.
+    """
+    head = list(itertools.islice(batches, 2))  # a source of one batch is not worth starting a pool for
+    batches = itertools.chain(head, batches)
+    if processes == 1 or len(head) < 2:
+        for texts, ends, val in batches:
+            yield val, ends, *encode(texts, ends, tokenizer, dtype)
+        return
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pending = collections.deque()
+        for texts, ends, val in batches:
+            pending.append((val, ends, pool.apply_async(encode, (texts, ends, tokenizer, dtype))))
+            if len(pending) > 2 * processes:
+                val, ends, result = pending.popleft()
+                yield val, ends, *result.get()
+        while pending:
+            val, ends, result = pending.popleft()
+            yield val, ends, *result.get()
+
+
+def all_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class TokenCache:
+    """The token shards of one source, tokenizer and split setting, in `cache_dir`.
+
+    A shard holds the tokens of SHARD_BATCHES batches of source rows, as `train-NNNNN.bin` and `val-NNNNN.bin` in
+    the folder `shards-<fingerprint>`; each is written to a temporary name and renamed, val first, so a train shard
+    on disk is a whole shard. A preparation that stops is continued by the next one after its last whole shard.
+    `meta.json`, written last, lists the shards and their token counts: only a cache it vouches for is used.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        tokenizer: str,
+        val_fraction: float,
+        token_budget: int | None,
+        num_proc: int | None,
+        cache_dir: str,
+    ):
+        self.source, self.tokenizer, self.val_fraction = source, tokenizer, val_fraction
+        self.token_budget, self.num_proc, self.cache_dir = token_budget, num_proc, cache_dir
+        self.meta_path = os.path.join(cache_dir, "meta.json")
+
+    def fingerprint(self) -> str:
+        """A hash of the settings and of what identifies the source's content without loading it."""
+        src = self.source
+        settings = {"source": src.source, "path": src.path, "name": src.name, "split": src.split}
+        settings |= {"text_column": src.text_column, "streaming": src.streaming, "token_budget": self.token_budget}
+        settings |= {"version": CACHE_VERSION, "val_fraction": self.val_fraction, "tokenizer": self.tokenizer}
+        settings |= src.identity()
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+    def shard_dir(self, fingerprint: str) -> str:
+        return os.path.join(self.cache_dir, f"shards-{fingerprint[:16]}")
+
+    def shards(self, split: str, meta: dict | None = None) -> list[str]:
+        """The paths of a split's shards, in order, as the cache's meta.json lists them."""
+        meta = meta or self.read_meta()
+        return self._paths(self.shard_dir(meta["fingerprint"]), split, meta["shards"])
+
+    def tokens(self, split: str) -> np.ndarray:
+        """All the tokens of a prepared split, in order, in memory (for tests and small sets)."""
+        meta = self.read_meta()
+        return TokenStream(self.shards(split, meta), meta["dtype"])[:]
+
+    @staticmethod
+    def _paths(folder: str, split: str, counts: dict[str, list[int]]) -> list[str]:
+        return [os.path.join(folder, f"{split}-{k:05d}.bin") for k in range(len(counts[split]))]
+
+    def read_meta(self) -> dict | None:
+        """The cache's meta.json; None when there is none or it is not one this code wrote (damaged, edited)."""
+        try:
+            with open(self.meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (FileNotFoundError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return None
+        tokens = meta.get("tokens") if isinstance(meta, dict) else None
+        if not (
+            isinstance(tokens, dict)
+            and all(isinstance(tokens.get(split), int) and tokens[split] >= 0 for split in SPLITS)
+            and meta.get("dtype") in ("uint16", "uint32")
+            and isinstance(meta.get("fingerprint"), str)
+        ):
+            return None
+        return meta
+
+    def problem(self, fingerprint: str) -> str | None:
+        """Why the cache cannot be reused, or None when it can."""
+        meta = self.read_meta()
+        if meta is None:
+            return "meta.json is damaged" if os.path.exists(self.meta_path) else "no cache yet"
+        if "shards" not in meta:
+            return "a single-file cache of an older version: rebuilt as shards"
+        if meta["fingerprint"] != fingerprint:
+            return "the source or the settings changed"
+        for split in SPLITS:
+            counts = meta["shards"][split]
+            if not (isinstance(counts, list) and sum(counts) == meta["tokens"][split]):
+                return "meta.json is damaged"
+            for path, count in zip(self.shards(split, meta), counts, strict=True):
+                size = os.path.getsize(path) if os.path.exists(path) else None
+                if size != count * np.dtype(meta["dtype"]).itemsize:
+                    return f"{os.path.basename(path)} is missing or truncated"
+        return None
+
+    def build(self) -> None:
+        """Tokenize the source into the cache, unless the cache on disk already matches; continue a stopped one."""
+        fingerprint = self.fingerprint()
+        problem = self.problem(fingerprint)
+        if problem is None:
+            return
+        enc = get_tokenizer(self.tokenizer)
+        dtype = "uint16" if enc.n_vocab <= 2**16 else "uint32"
+        folder = self.shard_dir(fingerprint)
+        if (meta := self.read_meta()) is not None and meta.get("fingerprint") == fingerprint:
+            shutil.rmtree(folder, ignore_errors=True)  # the meta of these very settings did not vouch for them
+        ds = self._load()  # a source that cannot be read fails here, before anything is written
+        os.makedirs(folder, exist_ok=True)
+        try:
+            counts = self._write_shards(ds, folder, dtype)
+            paths = [p for split in SPLITS for p in self._paths(folder, split, counts) if os.path.getsize(p)]
+            if not any(np.any(np.memmap(p, dtype, mode="r") != enc.eot_token) for p in paths):  # only end-of-texts
+                raise UserError(
+                    f"source {self.source.path or self.source.source!r} holds no text; give a non-empty source"
+                )
+        except UserError:
+            shutil.rmtree(folder)  # nothing worth continuing; the old cache, if any, stays as it was
+            raise
+        src = self.source
+        meta = {"source": src.source, "path": src.path, "name": src.name, "split": src.split}
+        meta |= {"text_column": src.text_column, "streaming": src.streaming}
+        meta |= {"token_budget": self.token_budget, "val_fraction": self.val_fraction, "tokenizer": self.tokenizer}
+        meta |= {"vocab_size": enc.n_vocab, "dtype": dtype, "tokens": {split: sum(counts[split]) for split in SPLITS}}
+        meta |= {"shards": counts, "fingerprint": fingerprint}
+        with open(self.meta_path + ".tmp", "w") as f:
+            json.dump(meta, f, indent=2)
+        os.replace(self.meta_path + ".tmp", self.meta_path)  # the one step that makes the new cache the cache
+        for name in os.listdir(self.cache_dir):  # what the old cache left: other shards, an older single file
+            path = os.path.join(self.cache_dir, name)
+            if path != folder and (name.startswith("shards-") or name in ("train.bin", "val.bin")):
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        tokens = meta["tokens"]
+        print(f"prepared {self.cache_dir}: {tokens['train']:,} train and {tokens['val']:,} val tokens ({problem})")
+
+    def _load(self) -> datasets.Dataset | datasets.IterableDataset:
+        """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces)."""
+        if self.source.source == "text":
+            files = self.source.fetch_text_files()
+            return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
+        return flag_val(self.source.read(), self.source.column, self.val_fraction)
+
+    def _write_shards(
+        self, ds: datasets.Dataset | datasets.IterableDataset, folder: str, dtype: str
+    ) -> dict[str, list[int]]:
+        """Write the shards not already whole in `folder`; each split's token count per shard."""
+        column = self.source.column
+        batch_rows = TEXT_BATCH_ROWS if self.source.source == "text" else DOC_BATCH_ROWS
+        counts, itemsize = {split: [] for split in SPLITS}, np.dtype(dtype).itemsize
+
+        def path(split: str, k: int) -> str:
+            return os.path.join(folder, f"{split}-{k:05d}.bin")
+
+        while os.path.exists(path("train", len(counts["train"]))):  # whole shards of a preparation that stopped
+            for split in SPLITS:
+                counts[split].append(os.path.getsize(path(split, len(counts[split]))) // itemsize)
+        done_batches = len(counts["train"]) * SHARD_BATCHES
+
+        def batches() -> Iterator[tuple]:
+            for b, table in enumerate(ds.with_format("arrow").iter(batch_size=batch_rows)):
+                if b >= done_batches:  # rows of whole shards are read again, not tokenized again
+                    has_ends = "doc_end" in table.column_names
+                    ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
+                    yield table[column].to_pylist(), ends, table["val"].to_numpy(zero_copy_only=False)
+
+        if os.path.exists(os.path.join(folder, "complete")):  # only meta.json was left to write
+            return counts
+        total, shard, files = sum(map(sum, counts.values())), None, {}
+        tokenized = encoded_batches(batches(), self.num_proc or all_cores(), self.tokenizer, dtype)
+        try:
+            for b, (val, ends, ids, lengths) in enumerate(tokenized, start=done_batches):
+                if b // SHARD_BATCHES != shard:
+                    self._close_shard(files, path, shard)
+                    shard = b // SHARD_BATCHES
+                    files = {split: open(path(split, shard) + ".tmp", "wb") for split in SPLITS}
+                    for split in SPLITS:
+                        counts[split].append(0)
+                stop = None
+                if self.token_budget is not None:  # keep the rows up to the document that reaches the budget
+                    stops = np.flatnonzero(ends & (total + np.cumsum(lengths) >= self.token_budget))
+                    if len(stops):
+                        stop = int(stops[0]) + 1
+                        val, ends, ids, lengths = val[:stop], ends[:stop], ids[: lengths[:stop].sum()], lengths[:stop]
+                is_val = np.repeat(val, lengths)  # (tokens,) which split each token goes to
+                for split, mask in (("train", ~is_val), ("val", is_val)):
+                    ids[mask].tofile(files[split])
+                    counts[split][-1] += int(mask.sum())
+                total += len(ids)
+                if stop is not None:
+                    break
+            self._close_shard(files, path, shard)
+        except BaseException:
+            for f in files.values():  # the shard being written: a later preparation writes it again
+                f.close()
+                if os.path.exists(f.name):
+                    os.remove(f.name)
+            raise
+        finally:
+            tokenized.close()  # stops the pool
+        open(os.path.join(folder, "complete"), "w").close()
+        return counts
+
+    @staticmethod
+    def _close_shard(files: dict, path, shard: int | None) -> None:
+        """Close a shard's temporary files and rename them into place, val first: a train shard means a whole one."""
+        for split in reversed(SPLITS):
+            if split in files:
+                files[split].close()
+                os.replace(path(split, shard) + ".tmp", path(split, shard))
+        files.clear()
