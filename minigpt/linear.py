@@ -19,9 +19,11 @@ WEIGHT_FIRST_ROWS = range(7, 33)  # row counts where (W xᵀ)ᵀ was the faster 
 
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Compiled code first: under dynamic shapes `rows` is symbolic, and a range cannot hold a symbol.
+        if torch.compiler.is_compiling() or x.device.type != "cpu" or torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)
         rows = x.numel() // self.in_features
-        on_cpu_without_grad = x.device.type == "cpu" and not torch.is_grad_enabled()
-        if not on_cpu_without_grad or rows not in WEIGHT_FIRST_ROWS or torch.compiler.is_compiling():
+        if rows not in WEIGHT_FIRST_ROWS:
             return F.linear(x, self.weight, self.bias)
         x_t = x.reshape(rows, self.in_features).t()  # (in, M)
         if self.bias is None:

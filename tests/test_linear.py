@@ -36,3 +36,14 @@ def test_weight_first_only_for_inference_on_the_cpu(monkeypatch):
         layer(x)
     assert left_operands == [(80, 48)]  # the weight
     assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_compiles_with_dynamic_rows():
+    """Under torch.compile with dynamic shapes the row count is a symbol: the layer still traces (nn.Linear's path)."""
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    compiled = torch.compile(layer, backend="eager", dynamic=True)  # TorchDynamo's tracing, no code generation
+    with torch.no_grad():
+        for rows in (8, 16):  # inside WEIGHT_FIRST_ROWS, where eager takes the other order
+            x = torch.randn(rows, 48)
+            torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias))
