@@ -19,7 +19,7 @@ import numpy as np
 
 from minigpt.data.encode import all_cores, encoded_batches
 from minigpt.data.sources import TEXT_BATCH_ROWS, Source
-from minigpt.data.split import choose_val, flag_val
+from minigpt.data.split import choose_val, flag_val, stream_val
 from minigpt.data.windows import TokenStream
 from minigpt.errors import UserError
 from minigpt.tokenizer import get_tokenizer
@@ -158,11 +158,15 @@ class TokenCache:
         print(f"prepared {self.cache_dir}: {tokens['train']:,} train and {tokens['val']:,} val tokens ({problem})")
 
     def _load(self) -> datasets.Dataset | datasets.IterableDataset:
-        """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces)."""
+        """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces); a stream's rows
+        without one, flagged as they are read."""
+        import datasets
+
         if self.source.source == "text":
             files = self.source.fetch_text_files()
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
-        return flag_val(self.source.read(), self.source.column, self.val_fraction)
+        ds = self.source.read()
+        return ds if isinstance(ds, datasets.IterableDataset) else flag_val(ds, self.source.column, self.val_fraction)
 
     def _write_shards(
         self, ds: datasets.Dataset | datasets.IterableDataset, folder: str, dtype: str
@@ -181,11 +185,18 @@ class TokenCache:
         done_batches = len(counts["train"]) * SHARD_BATCHES
 
         def batches() -> Iterator[tuple]:
+            rows = 0
             for b, table in enumerate(ds.with_format("arrow").iter(batch_size=batch_rows)):
                 if b >= done_batches:  # rows of whole shards are read again, not tokenized again
-                    has_ends = "doc_end" in table.column_names
-                    ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
-                    yield table[column].to_pylist(), ends, table["val"].to_numpy(zero_copy_only=False)
+                    names = table.column_names
+                    ends = table["doc_end"].to_numpy(zero_copy_only=False) if "doc_end" in names else None
+                    val = table["val"].to_numpy(zero_copy_only=False) if "val" in names else None
+                    yield (
+                        table[column].to_pylist(),
+                        np.ones(len(table), bool) if ends is None else ends,
+                        stream_val(rows, len(table), self.val_fraction) if val is None else val,
+                    )
+                rows += len(table)
 
         if os.path.exists(os.path.join(folder, "complete")):  # only meta.json was left to write
             return counts

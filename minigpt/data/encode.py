@@ -30,11 +30,17 @@ def encode(texts: list[str], ends: list[bool], tokenizer: str, dtype: str) -> tu
     return np.fromiter(itertools.chain.from_iterable(rows), dtype, int(lengths.sum())), lengths
 
 
+# Each batch goes to the pool in this many parts: with whole batches (a million tokens of FineWeb-like documents)
+# one process could still be tokenizing the source's last batch long after the others ran out of work.
+BATCH_PARTS = 4
+
+
 def encoded_batches(batches: Iterator[tuple], processes: int, tokenizer: str, dtype: str) -> Iterator[tuple]:
     """(val flags, ends, ids, lengths) of each batch of (texts, ends, val flags), in order, tokenized by `processes`.
 
     With more than one process, a pool (forked, as `datasets.map(num_proc=...)` forks) tokenizes up to two batches
-    per process ahead of the one being written; `Pool.imap` would read the whole source ahead instead.
+    per process ahead of the one being written, each in BATCH_PARTS parts whose tokens are joined again in order;
+    `Pool.imap` would read the whole source ahead instead.
     """
     head = list(itertools.islice(batches, 2))  # a source of one batch is not worth starting a pool for
     batches = itertools.chain(head, batches)
@@ -42,16 +48,26 @@ def encoded_batches(batches: Iterator[tuple], processes: int, tokenizer: str, dt
         for texts, ends, val in batches:
             yield val, ends, *encode(texts, ends, tokenizer, dtype)
         return
+
+    def joined(parts: list) -> tuple[np.ndarray, np.ndarray]:
+        ids, lengths = zip(*(part.get() for part in parts), strict=True)
+        return np.concatenate(ids), np.concatenate(lengths)
+
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         pending = collections.deque()
         for texts, ends, val in batches:
-            pending.append((val, ends, pool.apply_async(encode, (texts, ends, tokenizer, dtype))))
+            step = max(1, -(-len(texts) // BATCH_PARTS))  # ceil: at most BATCH_PARTS parts
+            parts = [
+                pool.apply_async(encode, (texts[i : i + step], ends[i : i + step], tokenizer, dtype))
+                for i in range(0, len(texts), step)
+            ]
+            pending.append((val, ends, parts))
             if len(pending) > 2 * processes:
-                val, ends, result = pending.popleft()
-                yield val, ends, *result.get()
+                val, ends, parts = pending.popleft()
+                yield val, ends, *joined(parts)
         while pending:
-            val, ends, result = pending.popleft()
-            yield val, ends, *result.get()
+            val, ends, parts = pending.popleft()
+            yield val, ends, *joined(parts)
 
 
 def all_cores() -> int:

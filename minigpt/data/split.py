@@ -24,9 +24,14 @@ def _hash_unit(index: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _flag_val_streaming(batch: dict, indices: list[int], fraction: float) -> dict:
-    # A stream has no known length to draw a permutation from, so each document decides alone.
-    return {"val": [_hash_unit(i) < fraction for i in indices]}
+def stream_val(start: int, n: int, fraction: float) -> np.ndarray:
+    """Which of a stream's rows `start` to `start + n - 1` validate.
+
+    A stream has no known length to draw a permutation from, so each document decides alone, by its index. Called on
+    the batches as they are read (not through `IterableDataset.map`, which turns every row into Python objects and
+    back to arrow: that was most of the preparing process's time).
+    """
+    return np.array([_hash_unit(i) < fraction for i in range(start, start + n)], dtype=bool)
 
 
 def choose_val(n: int, fraction: float) -> np.ndarray:
@@ -36,14 +41,10 @@ def choose_val(n: int, fraction: float) -> np.ndarray:
     return val
 
 
-def flag_val(
-    ds: datasets.Dataset | datasets.IterableDataset, column: str, fraction: float
-) -> datasets.Dataset | datasets.IterableDataset:
-    """`ds` with a boolean `val` column saying which rows validate."""
+def flag_val(ds: datasets.Dataset, column: str, fraction: float) -> datasets.Dataset:
+    """`ds` with a boolean `val` column saying which rows validate (a stream's rows: `stream_val`)."""
     import datasets
 
-    if isinstance(ds, datasets.IterableDataset):
-        return ds.map(_flag_val_streaming, batched=True, with_indices=True, fn_kwargs={"fraction": fraction})
     if ds.num_rows == 1:
         # One document (Tiny Shakespeare): validate on its tail, cut at nanoGPT's int(n * 0.9).
         text = ds[0][column]
