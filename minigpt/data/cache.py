@@ -184,18 +184,22 @@ class TokenCache:
                 counts[split].append(os.path.getsize(path(split, len(counts[split]))) // itemsize)
         done_batches = len(counts["train"]) * SHARD_BATCHES
 
+        import datasets
+
+        streamed = isinstance(ds, datasets.IterableDataset)  # flagged by index: a `val` column of its own is not ours
+
         def batches() -> Iterator[tuple]:
             rows = 0
             for b, table in enumerate(ds.with_format("arrow").iter(batch_size=batch_rows)):
                 if b >= done_batches:  # rows of whole shards are read again, not tokenized again
-                    names = table.column_names
-                    ends = table["doc_end"].to_numpy(zero_copy_only=False) if "doc_end" in names else None
-                    val = table["val"].to_numpy(zero_copy_only=False) if "val" in names else None
-                    yield (
-                        table[column].to_pylist(),
-                        np.ones(len(table), bool) if ends is None else ends,
-                        stream_val(rows, len(table), self.val_fraction) if val is None else val,
+                    has_ends = "doc_end" in table.column_names
+                    ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
+                    val = (
+                        stream_val(rows, len(table), self.val_fraction)
+                        if streamed
+                        else table["val"].to_numpy(zero_copy_only=False)
                     )
+                    yield table[column].to_pylist(), ends, val
                 rows += len(table)
 
         if os.path.exists(os.path.join(folder, "complete")):  # only meta.json was left to write
