@@ -331,6 +331,8 @@ def check_settings(cli: MiniGPTCLI) -> None:
             f"data.val_batches={cli.datamodule.val_batches} is fewer than the {trainer.world_size} training "
             f"processes, which share them: set data.val_batches to at least {trainer.world_size}"
         )
+    if trainer.world_size > 1:  # DDP trains from a cache prepared ahead (TextDataModule.check_prepared says why)
+        cli.datamodule.check_prepared()
     if cli.config.sample_tokens > 0:
         try:
             encode_prompt(cli.datamodule.encoding, cli.config.sample_prompt)

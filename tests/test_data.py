@@ -116,6 +116,21 @@ def test_local_parquet_folder_goes_through_the_hub_path(tmp_path):
     assert sorted(documents(dm, tokens["train"]) + documents(dm, tokens["val"])) == sorted(texts)
 
 
+def test_a_stream_with_a_val_column_of_its_own_validates_on_the_usual_documents(tmp_path):
+    texts = [f"document number {i}, " * 5 for i in range(200)]
+    caches = []
+    for name, columns in (("plain", {}), ("own-val", {"val": [True] * len(texts)})):
+        (tmp_path / name / "data").mkdir(parents=True)
+        table = pa.table({"content": texts, **columns})
+        pq.write_table(table, tmp_path / name / "data" / "train-00000-of-00001.parquet")
+        dm = module(tmp_path / name, source="hub", path=str(tmp_path / name), text_column="content", streaming=True)
+        dm.prepare_data()
+        caches.append(split_tokens(dm))
+    plain, own_val = caches
+    assert 0 < len(plain["val"]) < len(plain["train"]) / 5
+    assert all(np.array_equal(plain[split], own_val[split]) for split in ("train", "val"))
+
+
 def test_streaming_stops_at_the_token_budget(tmp_path):
     texts = [f"document number {i}, " * 5 for i in range(3000)]
     folder = write_parquet_hub(tmp_path / "web", texts)

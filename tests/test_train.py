@@ -2,7 +2,9 @@
 
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import torch
 import yaml
 
 from minigpt.checkpoint_io import AtomicCheckpointIO
-from minigpt.cli import MiniGPTCLI, main
+from minigpt.cli import MiniGPTCLI, main, prepare
 from minigpt.data import TextDataModule
 from minigpt.model import GPT
 from minigpt.module import GPTModule, flops_per_token, warmup_cosine
@@ -270,6 +272,7 @@ def test_ddp_two_cpu_processes_see_different_batches_and_share_the_validation_se
         "--trainer.strategy", "ddp", "--trainer.callbacks+=tests.probes.RecordBatches",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    TextDataModule(data_dir=str(tmp_path / "data")).prepare_data()  # DDP trains from a cache prepared ahead
     done = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,
@@ -287,6 +290,49 @@ def test_ddp_two_cpu_processes_see_different_batches_and_share_the_validation_se
     dm.setup("fit")
     single = [digest(batch) for batch in dm.val_dataloader()]
     assert val0 == [single[0]] * 2 and val1 == [single[1]] * 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_two_nodes(cwd: Path, *args: str) -> list[subprocess.CompletedProcess]:
+    """`train.py` as two torchrun "nodes" of one CPU process each on this machine (gloo), sharing `cwd`."""
+    port, env = free_port(), {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+             "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+             str(REPO / "train.py"), *TINY, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2",
+             "--trainer.devices", "1", "--trainer.strategy", "ddp", *args],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]  # fmt: skip
+    return [subprocess.CompletedProcess(node.args, node.wait(timeout=300), *node.communicate()) for node in nodes]
+
+
+def test_two_nodes_ask_for_the_cache_to_be_prepared_then_train_from_it(tmp_path):
+    """Under DDP a missing cache is not prepared (on each node, at once) but asked for, in one line on every node."""
+    for node in torchrun_two_nodes(tmp_path, "--name", "two-nodes"):
+        assert node.returncode != 0
+        assert "error: the token cache data/python-reference/bytes is not ready (no cache yet)" in node.stderr
+        assert "minigpt prepare --config" in node.stderr
+        # The process exits with 2 and no traceback of its own; torchrun then reports the failure with its own.
+        assert re.search(r"exitcode\s*:\s*2\b", node.stderr) and "minigpt/cli.py" not in node.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # nothing prepared, no run
+    os.chdir(tmp_path)  # prepare as the user would, in the same folder
+    try:
+        assert prepare([*TINY[:8], "--data.batch_size", "4"]) == 0
+    finally:
+        os.chdir(REPO)
+    meta = (tmp_path / "data/python-reference/bytes/meta.json").stat()
+    for node in torchrun_two_nodes(tmp_path, "--name", "two-nodes"):
+        assert node.returncode == 0, node.stderr[-3000:]
+    assert (tmp_path / "data/python-reference/bytes/meta.json").stat().st_mtime_ns == meta.st_mtime_ns  # reused
+    assert load(tmp_path / "runs/two-nodes/checkpoints/last.ckpt")["global_step"] == 6
 
 
 # --- the module's parts ----------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ TRAIN_MISTAKES = [
     (["--data.source", "text"], "source 'text' needs a path"),
     (["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.val_batches", "1"],
      "data.val_batches=1 is fewer than the 2 training processes"),
+    (["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+     "the token cache data/python-reference/bytes is not ready (no cache yet)"),
     (["--data.data_dir", "a_file"], "data.data_dir='a_file' is a file"),
     (["--runs_dir", "a_file"], "runs_dir='a_file' is a file"),
     (["--sample_prompt", "<|endoftext|>"], "sample_prompt: the prompt contains the special token <|endoftext|>"),

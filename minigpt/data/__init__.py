@@ -1,8 +1,9 @@
 """Text sources -> token cache in data/<dataset>/<tokenizer>/ -> batches of (x, y) windows.
 
-`sources` reads text (the embedded Python Language Reference, local text files and URLs, hub datasets); `cache`
-tokenizes it once into token files with a fingerprinted `meta.json`; `windows` cuts batches of windows out of them;
-`module` is the `LightningDataModule` that ties them together.
+`sources` reads text (the embedded Python Language Reference, local text files and URLs, hub datasets); `split`
+decides which documents validate; `encode` tokenizes over every core; `cache` writes the tokens once into shards
+with a fingerprinted `meta.json`; `windows` cuts batches of windows out of them; `module` is the
+`LightningDataModule` that ties them together.
 """
 
 from minigpt.data.cache import TokenCache

@@ -3,17 +3,13 @@
 `train.bin` and `val.bin` hold the token ids (uint16, or uint32 for vocabularies over 65,536), each document followed
 by `<|endoftext|>`; `meta.json` holds the settings, the token counts and a fingerprint of the source and settings.
 Files are written to a temporary name and renamed, so an interrupted preparation never leaves a file that a later
-run trusts. The validation split is decided here: a seeded choice of documents, or a single document's tail.
+run trusts. Which documents validate is decided by `split`; the tokens come from `encode`.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import itertools
 import json
-import math
-import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -21,7 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from minigpt.data.encode import all_cores, encoded_batches
 from minigpt.data.sources import TEXT_BATCH_ROWS, Source
+from minigpt.data.split import choose_val, flag_val, stream_val
 from minigpt.data.windows import TokenStream
 from minigpt.errors import UserError
 from minigpt.tokenizer import get_tokenizer
@@ -29,90 +27,11 @@ from minigpt.tokenizer import get_tokenizer
 if TYPE_CHECKING:
     import datasets
 
-SPLIT_SEED = 1337  # fixed, not the training seed: runs with different seeds validate on the same documents
 CACHE_VERSION = 2  # part of the fingerprint: bump it when the cache layout changes
 SPLITS = ("train", "val")
 DOC_BATCH_ROWS = 1000  # documents tokenized as one batch (local text: TEXT_BATCH_ROWS pieces)
 # Batches of rows per shard: with FineWeb-like documents (~1,000 tokens) about 64M tokens, 128 MB of uint16.
 SHARD_BATCHES = 64
-
-
-def _hash_unit(index: int) -> float:
-    """A uniform number in [0, 1) that depends only on `index` (and the split seed)."""
-    digest = hashlib.blake2b(f"{SPLIT_SEED}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def _flag_val_streaming(batch: dict, indices: list[int], fraction: float) -> dict:
-    # A stream has no known length to draw a permutation from, so each document decides alone.
-    return {"val": [_hash_unit(i) < fraction for i in indices]}
-
-
-def choose_val(n: int, fraction: float) -> np.ndarray:
-    """Which of n documents validate: a seeded choice of ceil(fraction * n), so even two give one of each."""
-    val = np.zeros(n, dtype=bool)
-    val[np.random.default_rng(SPLIT_SEED).permutation(n)[: math.ceil(n * fraction)]] = True
-    return val
-
-
-def flag_val(
-    ds: datasets.Dataset | datasets.IterableDataset, column: str, fraction: float
-) -> datasets.Dataset | datasets.IterableDataset:
-    """`ds` with a boolean `val` column saying which rows validate."""
-    import datasets
-
-    if isinstance(ds, datasets.IterableDataset):
-        return ds.map(_flag_val_streaming, batched=True, with_indices=True, fn_kwargs={"fraction": fraction})
-    if ds.num_rows == 1:
-        # One document (Tiny Shakespeare): validate on its tail, cut at nanoGPT's int(n * 0.9).
-        text = ds[0][column]
-        cut = int(len(text) * (1 - fraction))
-        return datasets.Dataset.from_dict({column: [text[:cut], text[cut:]], "val": [False, True]})
-    return ds.add_column("val", choose_val(ds.num_rows, fraction))
-
-
-def encode(texts: list[str], ends: list[bool], tokenizer: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """The token ids of a batch of rows, concatenated, and each row's count of them.
-
-    `<|endoftext|>` follows each document, so the model sees where one ends and the next begins; a document read in
-    pieces (a local text file) gets it after its last piece only. One row at a time, in this process: the pool of
-    `prepare` processes is what runs batches in parallel.
-    """
-    enc = get_tokenizer(tokenizer)
-    rows = [
-        enc.encode_ordinary(text) + [enc.eot_token] if end else enc.encode_ordinary(text)
-        for text, end in zip(texts, ends, strict=True)
-    ]
-    lengths = np.array([len(row) for row in rows], dtype=np.int64)
-    return np.fromiter(itertools.chain.from_iterable(rows), dtype, int(lengths.sum())), lengths
-
-
-def encoded_batches(batches: Iterator[tuple], processes: int, tokenizer: str, dtype: str) -> Iterator[tuple]:
-    """(val flags, ends, ids, lengths) of each batch of (texts, ends, val flags), in order, tokenized by `processes`.
-
-    With more than one process, a pool (forked, as `datasets.map(num_proc=...)` forks) tokenizes up to two batches
-    per process ahead of the one being written; `Pool.imap` would read the whole source ahead instead.
-    """
-    head = list(itertools.islice(batches, 2))  # a source of one batch is not worth starting a pool for
-    batches = itertools.chain(head, batches)
-    if processes == 1 or len(head) < 2:
-        for texts, ends, val in batches:
-            yield val, ends, *encode(texts, ends, tokenizer, dtype)
-        return
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        pending = collections.deque()
-        for texts, ends, val in batches:
-            pending.append((val, ends, pool.apply_async(encode, (texts, ends, tokenizer, dtype))))
-            if len(pending) > 2 * processes:
-                val, ends, result = pending.popleft()
-                yield val, ends, *result.get()
-        while pending:
-            val, ends, result = pending.popleft()
-            yield val, ends, *result.get()
-
-
-def all_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class TokenCache:
@@ -239,11 +158,15 @@ class TokenCache:
         print(f"prepared {self.cache_dir}: {tokens['train']:,} train and {tokens['val']:,} val tokens ({problem})")
 
     def _load(self) -> datasets.Dataset | datasets.IterableDataset:
-        """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces)."""
+        """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces); a stream's rows
+        without one, flagged as they are read."""
+        import datasets
+
         if self.source.source == "text":
             files = self.source.fetch_text_files()
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
-        return flag_val(self.source.read(), self.source.column, self.val_fraction)
+        ds = self.source.read()
+        return ds if isinstance(ds, datasets.IterableDataset) else flag_val(ds, self.source.column, self.val_fraction)
 
     def _write_shards(
         self, ds: datasets.Dataset | datasets.IterableDataset, folder: str, dtype: str
@@ -261,12 +184,23 @@ class TokenCache:
                 counts[split].append(os.path.getsize(path(split, len(counts[split]))) // itemsize)
         done_batches = len(counts["train"]) * SHARD_BATCHES
 
+        import datasets
+
+        streamed = isinstance(ds, datasets.IterableDataset)  # flagged by index: a `val` column of its own is not ours
+
         def batches() -> Iterator[tuple]:
+            rows = 0
             for b, table in enumerate(ds.with_format("arrow").iter(batch_size=batch_rows)):
                 if b >= done_batches:  # rows of whole shards are read again, not tokenized again
                     has_ends = "doc_end" in table.column_names
                     ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
-                    yield table[column].to_pylist(), ends, table["val"].to_numpy(zero_copy_only=False)
+                    val = (
+                        stream_val(rows, len(table), self.val_fraction)
+                        if streamed
+                        else table["val"].to_numpy(zero_copy_only=False)
+                    )
+                    yield table[column].to_pylist(), ends, val
+                rows += len(table)
 
         if os.path.exists(os.path.join(folder, "complete")):  # only meta.json was left to write
             return counts

@@ -123,6 +123,21 @@ class TextDataModule(L.LightningDataModule):
         if self.trainer is not None:
             self.check_windows()
 
+    def check_prepared(self) -> None:
+        """UserError unless the token cache is prepared and matches the settings: what a DDP run starts from.
+
+        `minigpt train` under DDP calls this instead of letting `prepare_data` build a missing cache on one process
+        per node (Lightning's `prepare_data_per_node`), deliberately: a large source tokenizes for longer than the
+        other processes wait at the process group's barrier (30 minutes), holding their GPUs idle meanwhile, and nodes
+        that share one file system would write the same shards at once. `minigpt prepare` builds it ahead.
+        """
+        problem = self.cache.problem(self.cache.fingerprint())
+        if problem is not None:
+            raise UserError(
+                f"the token cache {self.cache_dir} is not ready ({problem}) and a run of several processes does not "
+                "prepare it: run `minigpt prepare --config ...` with this run's config and data options first"
+            )
+
     def setup(self, stage: str | None = None) -> None:
         """Read the prepared token shards read-only and check each holds at least one window."""
         meta = self.cache.read_meta()
