@@ -14,14 +14,16 @@ existed before it (the weights, the prompt); our KV cache's size is printed belo
     python benchmarks/bench_generate.py                                  # CPU: the four cases (tens of minutes)
     python benchmarks/bench_generate.py --cases gpt2-b1 --rounds 9 --threads 1
     python benchmarks/bench_generate.py --quick                          # a tiny model, seconds (CI)
-    python benchmarks/bench_generate.py --linear-rows 1 8 64             # the few-row product (minigpt/linear.py)
+    python benchmarks/bench_generate.py --linear-rows 1 8 64             # the few-row products (minigpt/linear.py)
     python benchmarks/bench_generate.py --device cuda --dtype bfloat16 --compile --bandwidth-gbs 4800
 
 Cases: `gpt2-b1` and `gpt2-b8` (GPT-2 small's shape, 124M, a 16-token prompt and 128 new tokens at batch 1 and
 8), `default` (the model of configs/default.yaml, 16 + 112 new tokens: its block_size is 128), `long` (GPT-2
 small, a 900-token prompt and 100 new tokens in its 1024-token block), `gpt2-b16` (for GPUs). Without the `hf`
 extra (transformers) the HF row is skipped, with the reason printed, and the weights are our own random init.
-With --compile a `minigpt compiled` row joins: `model.compile()` in place, as `sample.py --compile` does.
+With --compile a `minigpt compiled` row joins: `model.compile()` in place, as `sample.py --compile` does. On the
+CPU our model's weights are stored as sample.py stores them for the case's batch size (`store_input_major` for the
+sizes in `INPUT_MAJOR_ROWS`, minigpt/linear.py); --both-layouts adds a row with nn.Linear's layout.
 """
 
 import argparse
