@@ -4,11 +4,13 @@ nn.Linear computes x Wᵀ for x (M, in) and its weight W (out, in), row-major, t
 are the products decoding runs, M being the batch. With a few rows sgemm's set-up, not the arithmetic, sets the
 time: with x Wᵀ it packs the whole weight into its own layout at every call. Two ways round it, measured through
 one decoding step's products of GPT-2 small, each block its own weights, on a 2-core Xeon with 1 and 2 threads
-(`python benchmarks/bench_generate.py --linear-rows ...`; benchmarks/RESULTS.md, section 4), as speed-ups over x Wᵀ:
+(`python benchmarks/bench_generate.py --linear-rows ...`; benchmarks/RESULTS.md, section 4), speed-ups over x Wᵀ:
 
-    rows                  1        2        3        4        5        8        16       32       64
-    (W xᵀ)ᵀ               1.0      0.5      0.6      0.9      0.9      1.3      1.1      1.2      0.9-1.0
-    W stored (in, out)    1.0-1.1  0.8-0.9  0.7-0.8  1.4      1.1-1.4  1.5-1.6  0.9-1.2  1.0      1.1-1.2
+    rows                     1     2     3     4     5     6     7     8     16    32    64
+    (W xᵀ)ᵀ      2 threads   0.96  0.56  0.60  0.94  0.96  0.99  1.25  1.27  1.02  1.05  1.02
+                 1 thread    0.97  0.52  0.55  1.06  0.93  0.97  1.28  1.33  1.05  1.01  1.04
+    W (in, out)  2 threads   1.06  0.79  0.73  1.20  1.14  1.24  1.41  1.65  1.07  1.06  1.05
+                 1 thread    1.04  0.92  0.97  1.59  1.32  1.32  1.52  1.56  1.02  1.08  1.21
 
 The second is GPT-2's Conv1D layout: W is a transposed view of it, and x Wᵀ a product with a row-major right
 operand, which sgemm takes as it is. `store_input_major` stores a model's weights so (values, shapes and
