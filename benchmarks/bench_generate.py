@@ -14,14 +14,16 @@ existed before it (the weights, the prompt); our KV cache's size is printed belo
     python benchmarks/bench_generate.py                                  # CPU: the four cases (tens of minutes)
     python benchmarks/bench_generate.py --cases gpt2-b1 --rounds 9 --threads 1
     python benchmarks/bench_generate.py --quick                          # a tiny model, seconds (CI)
-    python benchmarks/bench_generate.py --linear-rows 1 8 64             # the few-row product (minigpt/linear.py)
+    python benchmarks/bench_generate.py --linear-rows 1 8 64             # the few-row products (minigpt/linear.py)
     python benchmarks/bench_generate.py --device cuda --dtype bfloat16 --compile --bandwidth-gbs 4800
 
 Cases: `gpt2-b1` and `gpt2-b8` (GPT-2 small's shape, 124M, a 16-token prompt and 128 new tokens at batch 1 and
 8), `default` (the model of configs/default.yaml, 16 + 112 new tokens: its block_size is 128), `long` (GPT-2
 small, a 900-token prompt and 100 new tokens in its 1024-token block), `gpt2-b16` (for GPUs). Without the `hf`
 extra (transformers) the HF row is skipped, with the reason printed, and the weights are our own random init.
-With --compile a `minigpt compiled` row joins: `model.compile()` in place, as `sample.py --compile` does.
+With --compile a `minigpt compiled` row joins: `model.compile()` in place, as `sample.py --compile` does. On the
+CPU our model's weights are stored as sample.py stores them for the case's batch size (`store_input_major` for the
+sizes in `INPUT_MAJOR_ROWS`, minigpt/linear.py); --both-layouts adds a row with nn.Linear's layout.
 """
 
 import argparse
@@ -40,6 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from minigpt.checkpoint import gpt_from_hf
 from minigpt.generate import stream
+from minigpt.linear import INPUT_MAJOR_ROWS, store_input_major
 from minigpt.model import GPT, GPTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -90,7 +93,10 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         type=int,
         metavar="M",
-        help="instead: time GPT-2 small's linears at M rows each, x Wᵀ vs (W xᵀ)ᵀ (see minigpt/linear.py)",
+        help="instead: time GPT-2 small's linears at M rows each, three ways (see minigpt/linear.py)",
+    )
+    parser.add_argument(
+        "--both-layouts", action="store_true", help="CPU: add a row with nn.Linear's weight layout (minigpt/linear.py)"
     )
     parser.add_argument("--quick", action="store_true", help="a tiny model, 3 rounds, one thread (a smoke test)")
     args = parser.parse_args()
@@ -214,7 +220,13 @@ def bench_case(name: str, case: Case, args: argparse.Namespace, device: torch.de
     prompt_generator = torch.Generator().manual_seed(1)
     idx = torch.randint(0, case.config.vocab_size, (case.batch, case.prompt), generator=prompt_generator).to(device)
 
-    variants = {"minigpt": lambda: run_minigpt(model, idx, case.new)}
+    variants = {}
+    if device.type == "cpu" and case.batch in INPUT_MAJOR_ROWS:  # sample.py's layout (minigpt/linear.py)
+        if args.both_layouts:
+            row_major = copy.deepcopy(model)
+            variants["minigpt row-major"] = lambda: run_minigpt(row_major, idx, case.new)
+        store_input_major(model)
+    variants["minigpt"] = lambda: run_minigpt(model, idx, case.new)
     if args.compile:
         compiled = copy.deepcopy(model)  # the same weights, compiled in place as sample.py --compile does
         compiled.compile(mode=args.compile_mode)
@@ -306,13 +318,14 @@ def kv_cache_bytes_of(model: GPT, idx: torch.Tensor, new: int) -> int:
 
 def bench_linear_rows(rows: list[int], rounds: int, device: torch.device, dtype: torch.dtype) -> None:
     """The matrix products of one decoding step of GPT-2 small at M rows (12 blocks' four linears, the LM head),
-    both ways round: x Wᵀ as nn.Linear computes it, and (W xᵀ)ᵀ, which `minigpt.linear.Linear` uses for few rows."""
+    three ways: x Wᵀ as nn.Linear computes it, (W xᵀ)ᵀ, which `minigpt.linear.Linear` uses for a few rows, and x Wᵀ
+    with W stored (in, out) row-major, as `store_input_major` leaves it. Ratios: over x Wᵀ's time."""
     config = GPT2_SMALL
     shapes = [
         (3 * config.n_embd, config.n_embd), (config.n_embd, config.n_embd),  # attention: c_attn, c_proj
         (4 * config.n_embd, config.n_embd), (config.n_embd, 4 * config.n_embd),  # MLP: c_fc, c_proj
     ]  # fmt: skip
-    # Every block its own weights, as in the model: 340 MB in float32, so they come from memory, not a cache.
+    # Every block its own weights, as in the model: 340 MB in float32 per layout, so they come from memory.
     layers = [
         [
             (torch.randn(shape, device=device, dtype=dtype), torch.randn(shape[0], device=device, dtype=dtype))
@@ -321,12 +334,14 @@ def bench_linear_rows(rows: list[int], rounds: int, device: torch.device, dtype:
         for _ in range(config.n_layer)
     ]
     head = torch.randn(config.vocab_size, config.n_embd, device=device, dtype=dtype)
+    input_major_layers = [[(w.t().contiguous().t(), b) for w, b in layer] for layer in layers]
+    input_major_head = head.t().contiguous().t()
     table = []
     for m in rows:
         xs = [torch.randn(m, shape[1], device=device, dtype=dtype) for shape in shapes]
         x_head = torch.randn(m, config.n_embd, device=device, dtype=dtype)
 
-        def input_first(xs=xs, x_head=x_head):
+        def input_first(layers=layers, head=head, xs=xs, x_head=x_head):
             for layer in layers:
                 for x, (w, b) in zip(xs, layer, strict=True):
                     torch.nn.functional.linear(x, w, b)
@@ -338,10 +353,14 @@ def bench_linear_rows(rows: list[int], rounds: int, device: torch.device, dtype:
                     torch.addmm(b[:, None], w, x.t()).t()
             torch.mm(head, x_head.t()).t()
 
-        timings = time_interleaved({"x Wᵀ": input_first, "(W xᵀ)ᵀ": weight_first}, device, rounds, warmup=1)
-        ratio = timings["x Wᵀ"].median / timings["(W xᵀ)ᵀ"].median
-        table.append([m, str(timings["x Wᵀ"]), str(timings["(W xᵀ)ᵀ"]), f"{ratio:.2f}x"])
-    print_table(["rows", "x Wᵀ", "(W xᵀ)ᵀ", "speed-up"], table)
+        def input_major(xs=xs, x_head=x_head):
+            input_first(input_major_layers, input_major_head, xs, x_head)
+
+        variants = {"x Wᵀ": input_first, "(W xᵀ)ᵀ": weight_first, "x Wᵀ, W (in, out)": input_major}
+        timings = time_interleaved(variants, device, rounds, warmup=1)
+        base = timings["x Wᵀ"].median
+        table.append([m, *(f"{t} {base / t.median:.2f}x" for t in timings.values())])
+    print_table(["rows", *variants], table)
 
 
 def main() -> None:

@@ -107,15 +107,18 @@ class CausalSelfAttention(nn.Module):
         return_weights: bool = False,
         input_pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        n_keys: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, C). Returns y (B, T, C), plus the attention weights (B, nh, T, Tk) when return_weights.
 
         Without a cache the keys are x's own (Tk = T), causal unless mask (T, T) says otherwise. With `kv_cache`
         set, input_pos (T,) are the consecutive positions of x's tokens: their keys and values are written there.
-        Then mask (T, Tk), True = may attend (`cache_mask`), makes the keys the cache's first Tk slots: all max_len
-        of them (one shape for every step, as compiled code wants), or only those written so far (less to read).
-        mask None with a cache means x's tokens are positions 0..T-1, a prefill from the start: its keys are its
-        own, causal, as without a cache. The model computes the mask once for all its layers.
+        Then n_keys = Tk makes the keys the cache's first Tk slots: all max_len of them (one shape for every step,
+        as compiled code wants), or only those written so far (less to read); mask (T, Tk), True = may attend
+        (`cache_mask`), says which of them each query sees, and None lets every query see all Tk (one query at
+        the last written position). n_keys None with a cache means x's tokens are positions 0..T-1, a prefill from
+        the start: its keys are its own, causal, as without a cache. The model works these out once for all its
+        layers (`GPT._cache_keys`).
         """
         if (self.kv_cache is None) != (input_pos is None):
             raise ValueError(
@@ -123,15 +126,14 @@ class CausalSelfAttention(nn.Module):
             )
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs)  # (B, T, 3, nh, hs): q | k | v, each in heads
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if self.kv_cache is not None:
             k_cache, v_cache = self.kv_cache.update(input_pos, k, v)  # (B, nh, max_len, hs) each
-            if mask is not None:
-                k, v = k_cache[:, :, : mask.size(-1)], v_cache[:, :, : mask.size(-1)]  # (B, nh, Tk, hs) each
-        if mask is None and return_weights:
+            if n_keys is not None:
+                k, v = k_cache[:, :, :n_keys], v_cache[:, :, :n_keys]  # (B, nh, Tk, hs) each
+        causal = mask is None and n_keys is None  # the keys are x's own
+        if causal and return_weights:
             mask = causal_mask(T, device=x.device)
 
         if return_weights:
@@ -143,8 +145,10 @@ class CausalSelfAttention(nn.Module):
             # Flash / memory-efficient kernels on GPU; the same scale 1/sqrt(hs) by default. With no mask (training)
             # is_causal builds the causal structure into the kernel.
             dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
 
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
-        y = self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y)
+        if self.training:
+            y = self.resid_dropout(y)
         return (y, weights) if return_weights else y

@@ -3,7 +3,7 @@
 `stream` yields each step's new tokens as they are made; `generate` collects them. With the cache the prompt is
 prefilled once, then each step feeds only the token just sampled. The cache holds what the prompt and the new
 tokens need, at most block_size positions; eager, a step attends to the positions written so far only, compiled,
-to all of them under a mask, so that its shapes never change (`GPT._cache_mask`). Once a sequence fills
+to all of them under a mask, so that its shapes never change (`GPT._cache_keys`). Once a sequence fills
 block_size, each step re-prefills the last block_size tokens: positions are absolute, so cached keys cannot be
 shifted along the window. That costs what recomputing costs and gives the tokens recomputing gives.
 
@@ -57,7 +57,6 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 
-@torch.no_grad()
 def stream(
     model: GPT,
     idx: torch.Tensor,
@@ -77,6 +76,30 @@ def stream(
     its first stop token (its later steps repeat it) and the stream ends once every sequence has ended.
     use_cache=False recomputes the whole context (the last block_size tokens) at every step.
     """
+    # The model runs under torch.inference_mode, which skips autograd's version counters and view tracking (5% of
+    # a small model's step); each token is cloned out of it, an ordinary tensor the caller may change in place or
+    # feed to autograd.
+    steps = _steps(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, use_cache)
+    try:
+        for new in steps:
+            yield new.clone()
+    finally:
+        steps.close()  # now, not when collected: it removes the KV cache
+
+
+@torch.inference_mode()
+def _steps(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    stop_token: int | None,
+    use_cache: bool,
+) -> Iterator[torch.Tensor]:
+    """`stream`'s tokens, as inference tensors."""
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")

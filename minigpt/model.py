@@ -68,7 +68,10 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        y = self.c_proj(self.gelu(self.c_fc(x)))
+        # Dropout is the identity in eval mode: the call is skipped there, as in the attention and the embeddings.
+        # Module calls cost microseconds each, and the model's 13 dropouts were 7% of a default-model decoding step.
+        return self.dropout(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -87,11 +90,13 @@ class Block(nn.Module):
         return_weights: bool = False,
         input_pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        n_keys: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        cache_keys = dict(input_pos=input_pos, mask=mask, n_keys=n_keys)
         if return_weights:
-            attn_out, weights = self.attn(self.ln_1(x), return_weights=True, input_pos=input_pos, mask=mask)
+            attn_out, weights = self.attn(self.ln_1(x), return_weights=True, **cache_keys)
         else:
-            attn_out = self.attn(self.ln_1(x), input_pos=input_pos, mask=mask)
+            attn_out = self.attn(self.ln_1(x), **cache_keys)
         x = x + attn_out
         x = x + self.mlp(self.ln_2(x))
         return (x, weights) if return_weights else x
@@ -172,27 +177,32 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def _cache_mask(self, input_pos: torch.Tensor) -> torch.Tensor | None:
-        """Which cache slots the tokens at input_pos may attend to, (T, Tk), for all layers; None: causal, own keys.
+    def _cache_keys(self, input_pos: torch.Tensor) -> tuple[int | None, torch.Tensor | None]:
+        """For all layers: how many cache slots are the keys of the tokens at input_pos (Tk), and which of them
+        each may attend to, (T, Tk) (None: all); (None, None): their own keys, causal.
 
         Compiled, Tk is the cache's whole length, the slots not yet written masked out: every decoding step has the
         same shapes, so it compiles once and can be replayed as a CUDA graph. Eager, Tk is the number of slots
         written so far, input_pos[-1] + 1: a step reads only the keys it attends to (not max_len of them, mostly
-        masked), and a prefill from position 0 gets None, the fused kernel's causal path. Reading input_pos[-1]
-        waits for the device, once per step; compile avoids it.
+        masked), with no mask at all for one token (it sees every one of them), and a prefill from position 0 gets
+        the fused kernel's causal path. Reading input_pos[-1] waits for the device, once per step; compile avoids
+        it.
         """
         cache = self.transformer.h[0].attn.kv_cache
         if cache is None:
             raise ValueError("input_pos goes with a KV cache: set one (GPT.setup_kv_cache), or pass no input_pos")
         max_len = cache.max_len
         if torch.compiler.is_compiling():
-            return cache_mask(input_pos, max_len)  # (T, max_len)
+            return max_len, cache_mask(input_pos, max_len)  # (T, max_len)
         written = int(input_pos[-1]) + 1
         if written > max_len:
             raise ValueError(
                 f"position {written - 1} is past the KV cache's {max_len} slots: set it up with a larger max_len"
             )
-        return None if written == input_pos.size(0) else cache_mask(input_pos, written)  # (T, written)
+        T = input_pos.size(0)
+        if written == T:
+            return None, None
+        return written, None if T == 1 else cache_mask(input_pos, written)  # (T, written)
 
     def forward(
         self,
@@ -209,7 +219,7 @@ class GPT(nn.Module):
 
         Generation: with a KV cache set (`setup_kv_cache`), input_pos (T,) holds the consecutive positions of
         idx's tokens (the prompt at arange(T), then one token per call at its position) and attention weights are
-        (B, nh, T, Tk) over the cache's first Tk slots (`_cache_mask`). only_last_logits computes the LM head at
+        (B, nh, T, Tk) over the cache's first Tk slots (`_cache_keys`). only_last_logits computes the LM head at
         the last position only (logits (B, 1, vocab)): all that sampling needs, and for a large vocabulary the
         head is the biggest matmul of a long prefill.
         """
@@ -223,19 +233,21 @@ class GPT(nn.Module):
             raise ValueError("the loss needs logits at every position: pass targets without only_last_logits")
         if input_pos is None:
             pos = torch.arange(T, device=idx.device)  # (T,)
-            mask = None
+            n_keys, mask = None, None
         else:
             pos = input_pos
-            mask = self._cache_mask(input_pos)  # once here rather than in each layer
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+            n_keys, mask = self._cache_keys(input_pos)  # once here rather than in each layer
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        if self.training:
+            x = self.transformer.drop(x)
 
         attentions = []
         for block in self.transformer.h:
             if return_attention:
-                x, weights = block(x, return_weights=True, input_pos=input_pos, mask=mask)
+                x, weights = block(x, return_weights=True, input_pos=input_pos, mask=mask, n_keys=n_keys)
                 attentions.append(weights)
             else:
-                x = block(x, input_pos=input_pos, mask=mask)
+                x = block(x, input_pos=input_pos, mask=mask, n_keys=n_keys)
         if only_last_logits:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, padded vocab), or (B, 1, padded) for only_last_logits

@@ -17,6 +17,7 @@ import argparse
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import tiktoken
@@ -27,6 +28,7 @@ from minigpt.errors import UserError, print_error
 from minigpt.explorer import describe_model, token_texts, write_explorer
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
 from minigpt.inspect import pattern_scores, probe_attention
+from minigpt.linear import INPUT_MAJOR_ROWS, store_input_major
 from minigpt.model import GPT
 from minigpt.plots import crop_to_block, head_summaries, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
@@ -166,6 +168,11 @@ def run(args: argparse.Namespace) -> None:
     if args.attention_map is not None:
         write_attention_maps(model, enc, ids, Path(args.attention_map), source)
         return
+    rows = [ids for ids in all_ids for _ in range(args.num_samples)]  # each prompt num_samples times
+    # The batches generation will run: one of all the rows, or with --each-line one per prompt length.
+    batch_sizes = Counter(map(len, rows)).values() if args.each_line else [args.num_samples]
+    if device.type == "cpu" and all(size in INPUT_MAJOR_ROWS for size in batch_sizes):
+        store_input_major(model)  # faster products at these batch sizes, the same values (minigpt/linear.py)
     if args.compile:
         model.compile()  # in place, so the model keeps its methods (the KV cache setup)
 
@@ -173,7 +180,6 @@ def run(args: argparse.Namespace) -> None:
     stop_token = enc.eot_token if args.stop_at_eot else None
     if args.each_line:
         t0 = time.perf_counter()
-        rows = [ids for ids in all_ids for _ in range(args.num_samples)]  # each prompt num_samples times
         samples = generate_each(
             model, rows, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
             seed=seed, stop_token=stop_token,

@@ -18,6 +18,7 @@ from minigpt.generate import (
     sample_next,
     stream,
 )
+from minigpt.linear import store_input_major
 from minigpt.model import GPT, GPTConfig
 
 VOCAB, BLOCK = 97, 16
@@ -59,10 +60,15 @@ def test_cached_logits_equal_full_forward_at_every_position(model):
     torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("all_slots", [True, False], ids=["all slots, masked", "written slots"])
-def test_decode_step_never_sees_unwritten_or_stale_cache_slots(all_slots):
+@pytest.mark.parametrize(
+    "all_slots, masked",
+    [(True, True), (False, True), (False, False)],
+    ids=["all slots, masked", "written slots, masked", "written slots, no mask"],
+)
+def test_decode_step_never_sees_unwritten_or_stale_cache_slots(all_slots, masked):
     """Slots after the query's position hold garbage here (a previous window's keys, in generation). A step attends
-    to all max_len slots under a mask (compiled), or to the slots written so far (eager)."""
+    to all max_len slots under a mask (compiled), or to the slots written so far (eager), which one query at the
+    last of them may see without a mask."""
     torch.manual_seed(0)
     layer = CausalSelfAttention(32, 4).eval()
     x = torch.randn(2, 8, 32)
@@ -75,7 +81,9 @@ def test_decode_step_never_sees_unwritten_or_stale_cache_slots(all_slots):
         steps = []
         for t in range(5, 8):
             pos = torch.tensor([t])
-            steps.append(layer(x[:, t : t + 1], input_pos=pos, mask=cache_mask(pos, 12 if all_slots else t + 1)))
+            n_keys = 12 if all_slots else t + 1
+            mask = cache_mask(pos, n_keys) if masked else None
+            steps.append(layer(x[:, t : t + 1], input_pos=pos, mask=mask, n_keys=n_keys))
     torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -245,6 +253,30 @@ def test_stream_yields_step_by_step_and_clears_the_cache_when_closed(model):
     steps.close()
     assert model.transformer.h[0].attn.kv_cache is None
     assert torch.equal(generate(model, torch.zeros(1, 2, dtype=torch.long), 0), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_streamed_tokens_are_ordinary_tensors(model):
+    """The model runs under inference_mode, but what the caller gets may be changed in place and fed to autograd."""
+    tokens = generate(model, torch.zeros(2, 3, dtype=torch.long), 5, seed=0)
+    assert not tokens.is_inference()
+    tokens[:, 0] = 1  # in place
+    _, loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+    loss.backward()  # the embedding saves the ids for backward
+    assert model.transformer.wte.weight.grad is not None
+    model.zero_grad(set_to_none=True)
+
+
+def test_input_major_weights_give_the_same_tokens(model):
+    """store_input_major (sample.py's CPU layout) keeps values, parameters and ties; the tokens do not change."""
+    idx = torch.randint(0, VOCAB, (8, 5), generator=torch.Generator().manual_seed(2))  # 8 rows: the weight-first path
+    expected = generate(model, idx, 30, temperature=0)
+    relaid = store_input_major(copy.deepcopy(model))
+    assert relaid.transformer.h[0].mlp.c_fc.weight.stride() == (1, 4 * 32)  # (in, out) row-major underneath
+    assert relaid.lm_head.weight is relaid.transformer.wte.weight
+    for (name, before), after in zip(model.state_dict().items(), relaid.state_dict().values(), strict=True):
+        assert torch.equal(before, after), name
+    for batch in (idx[:1], idx):
+        assert torch.equal(generate(relaid, batch, 30, temperature=0), expected[: batch.size(0)])
 
 
 def test_generate_each_batches_by_length_and_keeps_the_input_order(model, monkeypatch):

@@ -1,10 +1,10 @@
-"""`Linear`: nn.Linear's results and parameters, whichever order it multiplies in."""
+"""`Linear`: nn.Linear's results and parameters, whichever order it multiplies in and however its weight is stored."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minigpt.linear import WEIGHT_FIRST_ROWS, Linear
+from minigpt.linear import WEIGHT_FIRST_ROWS, Linear, store_input_major
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -47,3 +47,18 @@ def test_compiles_with_dynamic_rows():
         for rows in (8, 16):  # inside WEIGHT_FIRST_ROWS, where eager takes the other order
             x = torch.randn(rows, 48)
             torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_input_major_weight_multiplies_as_stored():
+    """A weight stored (in, out) row-major keeps its values and state_dict, and the products at any row count."""
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    expected_state = {k: v.clone() for k, v in layer.state_dict().items()}
+    store_input_major(layer)
+    assert layer.weight.shape == (80, 48) and layer.weight.stride() == (1, 80)
+    assert layer.weight.t().is_contiguous()
+    assert all(torch.equal(layer.state_dict()[k], v) for k, v in expected_state.items())
+    with torch.no_grad():
+        for rows in (1, WEIGHT_FIRST_ROWS.start, 64):
+            x = torch.randn(rows, 48)
+            torch.testing.assert_close(layer(x), x @ expected_state["weight"].t() + expected_state["bias"])

@@ -128,7 +128,8 @@ def test_cached_attention_equals_attention_over_the_prefix(config, B, data, seed
         chunks = []
         for start, end in zip([0, *cuts], [*cuts, T], strict=True):
             pos = torch.arange(start, end)
-            chunks.append(layer(x[:, start:end], input_pos=pos, mask=cache_mask(pos, config.block_size)))
+            mask = cache_mask(pos, config.block_size)
+            chunks.append(layer(x[:, start:end], input_pos=pos, mask=mask, n_keys=config.block_size))
         layer.kv_cache = None
     torch.testing.assert_close(torch.cat(chunks, dim=1), whole, atol=1e-5, rtol=1e-5)
 
@@ -168,5 +169,5 @@ def test_generation_with_the_cache_equals_recomputing_on_either_cache_path(confi
     recomputed = generate(model, idx, new, use_cache=False, **sampling)
     assert recomputed.shape == (B, T + new)
     assert torch.equal(generate(model, idx, new, **sampling), recomputed)
-    with mock.patch.object(torch.compiler, "is_compiling", return_value=True):  # GPT._cache_mask's compiled path
+    with mock.patch.object(torch.compiler, "is_compiling", return_value=True):  # GPT._cache_keys' compiled path
         assert torch.equal(generate(model, idx, new, **sampling), recomputed)

@@ -84,6 +84,29 @@ def test_several_samples_in_one_batch(ckpt, capsys):
     assert code == 0 and len(samples) == 4 and samples[-1] == "\n"  # three samples, each followed by the line
 
 
+@pytest.mark.parametrize(
+    "argv, input_major",
+    [
+        ([], True),  # one sequence
+        (["--num-samples", "4"], True),
+        (["--num-samples", "2"], False),  # 2 and 3 rows run faster on nn.Linear's layout (minigpt/linear.py)
+        (["--prompt-file", "{prompts}", "--each-line"], True),  # batches of 1 and 4 prompts
+        (["--prompt-file", "{prompts}", "--each-line", "--num-samples", "2"], False),  # batches of 2 and 8
+    ],
+)
+def test_weights_are_laid_out_for_the_batch_sizes_generation_runs(
+    tmp_path, ckpt, capsys, monkeypatch, argv, input_major
+):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("To be\nabcd\nefgh\nijkl\nmnop\n", encoding="utf-8")
+    laid_out = []
+    monkeypatch.setattr(sample, "store_input_major", laid_out.append)
+    argv = [arg.format(prompts=prompts) for arg in argv]
+    greedy = ("--ckpt", str(ckpt), "--temperature", "0", "--max-new-tokens", "4")
+    assert run_main(capsys, *greedy, *argv)[0] == 0
+    assert len(laid_out) == int(input_major)
+
+
 def test_prompt_file_longer_than_block_size_slides_the_window(tmp_path, ckpt, capsys):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("long prompt, " * 10, encoding="utf-8")  # 130 tokens, block_size 32
