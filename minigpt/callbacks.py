@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt.errors import UserError
-from minigpt.explorer import describe_model, token_texts, write_explorer
+from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.generate import encode_prompt
 from minigpt.inspect import (
     MIN_REPEATED_TOKENS,
@@ -224,9 +224,7 @@ class AttentionMaps(L.Callback):
         paths = save_layer_maps(weights, self.labels, lambda layer: out_dir / f"layer-{layer}.png", note)
         summaries = layer_head_summaries(weights)  # name -> (n_layer, nh), on the probe text
         scores = head_scores(pl_module.model, self.repeats[0])  # name -> (n_layer, nh), on the score probe
-        # The page labels each head with what it does (the scores) and how it reads the text shown (entropy, first
-        # token); the text's previous-token share is left to the scalars, beside the score probe's.
-        labels = scores | {name: summaries[name] for name in ("entropy", "first_token")}
+        labels = head_labels(scores, summaries)  # the text's previous-token share goes to the scalars only
         model, source = describe_model(pl_module.model.config), trainer.default_root_dir
         n = self.repeats.size(1) // 2
         header = {"model": model, "step": step, "source": source, "probe": self.note,

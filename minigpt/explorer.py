@@ -158,6 +158,13 @@ def write_explorer(
     return path
 
 
+def head_labels(scores: Mapping[str, torch.Tensor], summaries: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the page labels each head with: what it does (the head scores, name -> (n_layer, nh)) and how it reads
+    the text shown (`layer_head_summaries`' entropy and first-token share; its previous-token share is the
+    previous_token score's twin, left out)."""
+    return {**scores, "entropy": summaries["entropy"], "first_token": summaries["first_token"]}
+
+
 def describe_model(config) -> str:
     """A GPTConfig in a few words: `4 layers x 4 heads, 128 wide, block 128, vocab 257`."""
     return (

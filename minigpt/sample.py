@@ -25,12 +25,12 @@ import torch
 
 from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
 from minigpt.errors import UserError, print_error
-from minigpt.explorer import describe_model, token_texts, write_explorer
+from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
 from minigpt.inspect import pattern_scores, probe_attention
 from minigpt.linear import INPUT_MAJOR_ROWS, store_input_major
 from minigpt.model import GPT
-from minigpt.plots import crop_to_block, head_summaries, layer_head_summaries, save_layer_maps, token_labels
+from minigpt.plots import crop_to_block, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> None:
             print(prompts[row // args.num_samples][1] + enc.decode(sample) + SEPARATOR)
         report_speed(sum(map(len, samples)), time.perf_counter() - t0, source, device, seed)
         return
-    idx = torch.tensor([ids] * args.num_samples, device=device)  # (num_samples, T)
+    idx = torch.tensor(rows, device=device)  # (num_samples, T): the one prompt num_samples times
     samples: list[list[int]] = [[] for _ in range(args.num_samples)]
     live = TokenDecoder(enc) if args.num_samples == 1 else None  # one sample is printed as it is made
 
@@ -237,20 +237,20 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
         print(f"note: the prompt is {cropped}", file=sys.stderr)
     note = ", ".join(filter(None, [source, cropped and f"prompt {cropped}"]))
     weights = probe_attention(model, ids)
+    summaries = layer_head_summaries(weights)  # entropy, prev_token, first_token: (n_layer, nh) each
     scores = pattern_scores(weights, torch.tensor(ids))  # previous_token, duplicate_token, induction: (n_layer, nh)
     if out.suffix.lower() == ".html":
         header = {"model": describe_model(model.config), "source": note}
-        summaries = layer_head_summaries(weights)  # the previous-token share is in the scores already
-        labels = scores | {name: summaries[name] for name in ("entropy", "first_token")}
-        paths = [write_explorer(out, weights, token_texts(enc, ids), labels, header)]
+        paths = [write_explorer(out, weights, token_texts(enc, ids), head_labels(scores, summaries), header)]
     else:
         paths = save_layer_maps(
             weights, token_labels(enc, ids), lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note
         )
-    print(f"{'layer':>5} {'head':>4}", *(f"{name:>15}" for name in ["entropy", "prev_token", "first_token", *scores]))
-    for layer, w in enumerate(weights):
-        summary = [*head_summaries(w).values(), *(values[layer].to(w.device) for values in scores.values())]
-        for head, values in enumerate(torch.stack(summary, dim=1).tolist()):  # (nh, 6): one row per head
+    columns = {**summaries, **scores}
+    print(f"{'layer':>5} {'head':>4}", *(f"{name:>15}" for name in columns))
+    table = torch.stack([values.cpu() for values in columns.values()], dim=-1)  # (n_layer, nh, 6)
+    for layer, heads in enumerate(table.tolist()):
+        for head, values in enumerate(heads):
             print(f"{layer:>5} {head:>4}", *(f"{value:>15.3f}" for value in values))
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
 
