@@ -38,16 +38,16 @@ def missing() -> str:
     return ""
 
 
-def browser_or_skip(module: bool = False) -> None:
-    """Skip the calling test (module=True: the calling test module) where the browser is missing; fail instead
-    where MINIGPT_REQUIRE_BROWSER is set."""
+def browser_or_skip() -> None:
+    """Skip the calling test module where the browser is missing; fail instead where MINIGPT_REQUIRE_BROWSER is
+    set."""
     import pytest
 
     reason = missing()
     if reason and os.environ.get(REQUIRE):
         pytest.fail(f"{REQUIRE} is set but the browser tests cannot run: {reason}", pytrace=False)
     if reason:
-        pytest.skip(reason, allow_module_level=module)
+        pytest.skip(reason, allow_module_level=True)
 
 
 @contextlib.contextmanager

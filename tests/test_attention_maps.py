@@ -137,19 +137,19 @@ def test_an_unusable_probe_is_a_value_error_that_names_the_setting(probe, messag
          "needs 3 <= score_probe_tokens <= block_size / 2 = 8: set it in that range"),
     ],
 )  # fmt: skip
-def test_a_score_probe_that_does_not_fit_is_one_line_before_anything_is_written(setting, message, tmp_path, capsys):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(tmp_path)
-        assert train("--attention_maps.score_probe_tokens", setting, "--logger", "csv") == 2  # block_size 16
+def test_a_score_probe_that_does_not_fit_is_one_line_before_anything_is_written(
+    setting, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert train("--attention_maps.score_probe_tokens", setting, "--logger", "csv") == 2  # block_size 16
     assert message in one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []  # no data prepared, no run directory
 
 
-def test_a_validation_text_of_too_few_distinct_tokens_for_the_score_probe_is_one_line(tmp_path, capsys):
+def test_a_validation_text_of_too_few_distinct_tokens_for_the_score_probe_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "a.txt").write_text("a" * 4000)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(tmp_path)
-        assert train("--data.source", "text", "--data.path", "a.txt") == 2
+    monkeypatch.chdir(tmp_path)
+    assert train("--data.source", "text", "--data.path", "a.txt") == 2
     err = capsys.readouterr().err  # after the data preparation's progress
     assert "Traceback" not in err and err.splitlines()[-1] == (
         "error: attention_maps: the head-score probe needs 3 distinct tokens, and the validation split holds 1 "

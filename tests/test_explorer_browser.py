@@ -13,7 +13,7 @@ import pytest
 from tests.browser import browser_or_skip, chromium
 from tests.explorer_pages import PROBE, expected_bytes, page_for
 
-browser_or_skip(module=True)  # this module is skipped without a browser, or fails where CI requires one
+browser_or_skip()  # this module is skipped without a browser, or fails where CI requires one
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
@@ -30,11 +30,10 @@ def browser():
         yield driver
 
 
-def open_page(browser, tmp_path, page: str, name: str = "explorer.html"):
-    path = tmp_path / name
+def open_page(browser, tmp_path, page: str) -> None:
+    path = tmp_path / "explorer.html"
     path.write_text(page, encoding="utf-8")
     browser.get(path.as_uri())
-    return path
 
 
 def console_problems(browser) -> list[dict]:
@@ -161,7 +160,7 @@ def test_hover_and_selection_change_what_is_highlighted(browser, tmp_path):
 
 
 def test_one_click_ranks_heads_by_a_score_and_the_slider_filters_them(browser, tmp_path):
-    page, weights = page_for(4, 4, T=64)
+    page, _ = page_for(4, 4, T=64)
     open_page(browser, tmp_path, page)
     scores = {s: np.array(v) for s, v in zip(*browser.execute_script(
         "const d = JSON.parse(document.getElementById('explorer-data').textContent);"

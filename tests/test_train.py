@@ -314,7 +314,7 @@ def torchrun_two_nodes(cwd: Path, *args: str) -> list[subprocess.CompletedProces
     return [subprocess.CompletedProcess(node.args, node.wait(timeout=300), *node.communicate()) for node in nodes]
 
 
-def test_two_nodes_ask_for_the_cache_to_be_prepared_then_train_from_it(tmp_path):
+def test_two_nodes_ask_for_the_cache_to_be_prepared_then_train_from_it(tmp_path, monkeypatch):
     """Under DDP a missing cache is not prepared (on each node, at once) but asked for, in one line on every node."""
     for node in torchrun_two_nodes(tmp_path, "--name", "two-nodes"):
         assert node.returncode != 0
@@ -323,11 +323,8 @@ def test_two_nodes_ask_for_the_cache_to_be_prepared_then_train_from_it(tmp_path)
         # The process exits with 2 and no traceback of its own; torchrun then reports the failure with its own.
         assert re.search(r"exitcode\s*:\s*2\b", node.stderr) and "minigpt/cli.py" not in node.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # nothing prepared, no run
-    os.chdir(tmp_path)  # prepare as the user would, in the same folder
-    try:
-        assert prepare([*TINY[:8], "--data.batch_size", "4"]) == 0
-    finally:
-        os.chdir(REPO)
+    monkeypatch.chdir(tmp_path)  # prepare as the user would, in the same folder
+    assert prepare([*TINY[:8], "--data.batch_size", "4"]) == 0
     meta = (tmp_path / "data/python-reference/bytes/meta.json").stat()
     for node in torchrun_two_nodes(tmp_path, "--name", "two-nodes"):
         assert node.returncode == 0, node.stderr[-3000:]
