@@ -2,10 +2,11 @@
 
 `stream` yields each step's new tokens as they are made; `generate` collects them. With the cache the prompt is
 prefilled once, then each step feeds only the token just sampled. The cache holds what the prompt and the new
-tokens need, at most block_size positions; eager, a step attends to the positions written so far only, compiled,
-to all of them under a mask, so that its shapes never change (`GPT._cache_keys`). Once a sequence fills
-block_size, each step re-prefills the last block_size tokens: positions are absolute, so cached keys cannot be
-shifted along the window. That costs what recomputing costs and gives the tokens recomputing gives.
+tokens need, at most block_size positions; eager on the CPU, a step attends to the positions written so far only;
+compiled or on a GPU, to all of them under a mask, so that its shapes never change and no step waits for the GPU
+to say how many were written (`GPT._cache_keys`). Once a sequence fills block_size, each step re-prefills the last
+block_size tokens: positions are absolute, so cached keys cannot be shifted along the window. That costs what
+recomputing costs and gives the tokens recomputing gives.
 
 `encode_prompt` and `TokenDecoder` are the text on either side: a prompt's token ids, and text as tokens arrive.
 """
@@ -39,6 +40,9 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Next token ids (B,) from the last position's logits (B, vocab). temperature 0 takes the argmax."""
+    # In float32 at least, whatever the model ran in: in bfloat16 (8 significant bits) dividing by the temperature
+    # ties neighbouring logits, and the probabilities and their running sum for top-p are rounded to 8 bits too.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -54,6 +58,9 @@ def sample_next(
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     probs = F.softmax(logits, dim=-1)
+    # No host sync on a GPU: for one sample, multinomial draws argmax(probs / Exponential(1)) itself and checks
+    # probs with asynchronous device asserts (pytorch/pytorch#134818, 2024), not with the host reads it once made
+    # and gpt-fast's own copy of the draw avoids.
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 

@@ -17,6 +17,12 @@ from minigpt.errors import UserError
 from minigpt.linear import Linear
 
 
+def free_to_read(t: torch.Tensor) -> bool:
+    """Whether reading t's values on the host costs nothing: a CPU tensor's are there; reading a GPU tensor's waits
+    for the GPU to finish all the work queued before (a sync), which idles it while the host queues no more."""
+    return t.is_cpu
+
+
 @dataclass
 class GPTConfig:
     """Shape of a GPT. The defaults are GPT-2 small (124M parameters)."""
@@ -181,18 +187,18 @@ class GPT(nn.Module):
         """For all layers: how many cache slots are the keys of the tokens at input_pos (Tk), and which of them
         each may attend to, (T, Tk) (None: all); (None, None): their own keys, causal.
 
-        Compiled, Tk is the cache's whole length, the slots not yet written masked out: every decoding step has the
-        same shapes, so it compiles once and can be replayed as a CUDA graph. Eager, Tk is the number of slots
-        written so far, input_pos[-1] + 1: a step reads only the keys it attends to (not max_len of them, mostly
-        masked), with no mask at all for one token (it sees every one of them), and a prefill from position 0 gets
-        the fused kernel's causal path. Reading input_pos[-1] waits for the device, once per step; compile avoids
-        it.
+        Compiled, or with input_pos on a GPU, Tk is the cache's whole length, the slots not yet written masked out:
+        every decoding step has the same shapes (it compiles once and can be replayed as a CUDA graph), and
+        input_pos is never read on the host, which would wait for the GPU at every step. On the CPU, where reading
+        it costs nothing, Tk is the number of slots written so far, input_pos[-1] + 1: a step reads only the keys
+        it attends to, with no mask at all for one token, and a prefill from position 0 gets the fused kernel's
+        causal path. Only that path can say that a position is past the cache (a GPU's indexing asserts).
         """
         cache = self.transformer.h[0].attn.kv_cache
         if cache is None:
             raise ValueError("input_pos goes with a KV cache: set one (GPT.setup_kv_cache), or pass no input_pos")
         max_len = cache.max_len
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not free_to_read(input_pos):
             return max_len, cache_mask(input_pos, max_len)  # (T, max_len)
         written = int(input_pos[-1]) + 1
         if written > max_len:

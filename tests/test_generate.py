@@ -2,12 +2,17 @@
 
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import tiktoken
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.profiler import ProfilerActivity, profile
 
 import minigpt.generate
+import minigpt.model
 from minigpt.attention import CausalSelfAttention, KVCache, cache_mask, causal_mask
 from minigpt.generate import (
     TokenDecoder,
@@ -49,7 +54,16 @@ def test_greedy_with_cache_equals_recomputing_across_the_window(model, B, T):
     assert torch.equal(generate(model, idx, 40, temperature=0, use_cache=False), expected)
 
 
-def test_cached_logits_equal_full_forward_at_every_position(model):
+@pytest.fixture
+def as_on_a_gpu(monkeypatch):
+    """Decoding as with the model on a GPU: `GPT._cache_keys` takes the path that never reads input_pos."""
+    monkeypatch.setattr(minigpt.model, "free_to_read", lambda t: False)
+
+
+@pytest.mark.parametrize("gpu_path", [False, True], ids=["positions read", "positions not read"])
+def test_cached_logits_equal_full_forward_at_every_position(model, request, gpu_path):
+    if gpu_path:
+        request.getfixturevalue("as_on_a_gpu")
     idx = torch.randint(0, VOCAB, (2, BLOCK), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full, _ = model(idx)  # (2, BLOCK, vocab)
@@ -121,6 +135,66 @@ def test_generation_sizes_the_cache_to_what_it_needs(model):
         model.setup_kv_cache(1, max_len=BLOCK + 1)
 
 
+def test_the_gpu_path_gives_the_cpu_paths_tokens(model, monkeypatch):
+    """Greedy and sampled, for 20 tokens after 5: past block_size=16, so the window re-prefills too."""
+    idx = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(3))
+    samplings = [dict(temperature=0), dict(seed=4, top_k=20, top_p=0.9)]
+    on_cpu_path = [generate(model, idx, 20, **sampling) for sampling in samplings]
+    monkeypatch.setattr(minigpt.model, "free_to_read", lambda t: False)
+    for sampling, expected in zip(samplings, on_cpu_path, strict=True):
+        assert torch.equal(generate(model, idx, 20, **sampling), expected)
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+MINIGPT = str(Path(minigpt.model.__file__).parent)
+
+
+def host_reads_while_generating(model: GPT, monkeypatch, max_new_tokens: int, **sampling) -> list[str]:
+    """The calls reading a tensor's value on the host (a wait for the GPU, for a GPU tensor) made from minigpt's
+    code, directly or through torch's Python, in a generation of max_new_tokens without a stop token."""
+    calls = []
+
+    def counting(name):
+        method = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            frame = sys._getframe(1)
+            while frame is not None and not frame.f_code.co_filename.startswith(MINIGPT):
+                frame = frame.f_back
+            if frame is not None:
+                calls.append(f"{name} at {frame.f_code.co_filename}:{frame.f_lineno}")
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    with monkeypatch.context() as patched:
+        for name in HOST_READS:
+            patched.setattr(torch.Tensor, name, counting(name))
+        generate(model, torch.zeros(2, 3, dtype=torch.long), max_new_tokens, **sampling)
+    return calls
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(seed=0, top_k=5, top_p=0.9)], ids=["greedy", "sampled"])
+def test_decoding_on_the_gpu_path_reads_nothing_on_the_host(model, monkeypatch, sampling):
+    """The CPU path reads the last position at every step, which the counting sees; the GPU path reads nothing."""
+    assert len(host_reads_while_generating(model, monkeypatch, 30, **sampling)) == 30
+    assert len(host_reads_while_generating(model, monkeypatch, 10, **sampling)) == 10
+    monkeypatch.setattr(minigpt.model, "free_to_read", lambda t: False)
+    assert host_reads_while_generating(model, monkeypatch, 30, **sampling) == []
+
+
+def test_sampling_reads_on_the_host_only_in_multinomials_device_asserts(model, as_on_a_gpu):
+    """Below Python: of the ops a sampled generation runs, only torch.multinomial's checks of the probabilities
+    read a value (`_local_scalar_dense`); they are `_assert_async`, which on a GPU asserts there without waiting."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        generate(model, torch.zeros(2, 3, dtype=torch.long), 10, seed=0, top_k=5, top_p=0.9)
+    for event in [event for event in prof.events() if event.name == "aten::_local_scalar_dense"]:
+        callers = []
+        while (event := event.cpu_parent) is not None:
+            callers.append(event.name)
+        assert "aten::_assert_async" in callers, callers
+
+
 def test_compiled_generation_keeps_one_shape_per_step(model):
     """Under torch.compile every decoding step attends to all cache slots under a mask, so the steps share one graph:
     the prefill and the one-token step are all that is compiled (dynamic=False would recompile on any new shape)."""
@@ -136,6 +210,22 @@ def test_compiled_generation_keeps_one_shape_per_step(model):
     idx = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(2))
     assert torch.equal(generate(compiled, idx, 10, temperature=0), greedy_by_recomputing(model, idx, 10))
     assert len(graphs) == 2
+    torch._dynamo.reset()
+
+
+def test_generation_compiled_through_aot_autograd(model):
+    """aot_eager runs AOTAutograd, the front end of the default backend (Inductor) on a GPU too, without Inductor's
+    code generation: the KV cache's in-place index_copy_ under inference_mode and the attention's boolean mask go
+    through its functionalization. Compiled as sample.py compiles (in place, default settings), greedy and sampled
+    tokens are eager's, from two graphs (prefill, step): no recompiling per token."""
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = copy.deepcopy(model)
+    compiled.compile(backend=counter)
+    idx = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(2))
+    for sampling in (dict(temperature=0), dict(seed=1, top_k=20, top_p=0.9)):
+        assert torch.equal(generate(compiled, idx, 10, **sampling), generate(model, idx, 10, **sampling))
+    assert counter.frame_count == 2
     torch._dynamo.reset()
 
 
@@ -199,6 +289,26 @@ def test_temperature_sharpens_and_zero_is_argmax():
     assert hot == pytest.approx(0.5, abs=0.04)
     assert cold == pytest.approx(0.5**4 / (PROBS**4).sum().item(), abs=0.03)  # p^(1/T) renormalised: 0.88
     assert torch.equal(sample_next(logits[:3], 0.0), torch.tensor([1, 1, 1]))
+
+
+def test_bfloat16_logits_sample_as_their_float32_values(model):
+    """A bfloat16 model's logits give the tokens their exact float32 values give, for the same seed."""
+    idx = torch.randint(0, VOCAB, (64, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = copy.deepcopy(model).to(torch.bfloat16)(idx, only_last_logits=True)[0][:, -1]  # (64, vocab)
+    assert logits.dtype == torch.bfloat16
+    for sampling in (dict(), dict(temperature=0.7, top_k=20), dict(top_p=0.9)):
+        tokens = sample_next(logits, generator=torch.Generator().manual_seed(1), **sampling)
+        assert torch.equal(tokens, sample_next(logits.float(), generator=torch.Generator().manual_seed(1), **sampling))
+
+
+def test_temperature_is_applied_in_float32():
+    """3.984375 > 3.96875, neighbours in bfloat16: divided by 0.8 in bfloat16 both round to 4.96875, a tie that
+    top_k=1 would keep both sides of. In float32 the larger alone is the top token."""
+    logits = torch.tensor([3.984375, 3.96875], dtype=torch.bfloat16).expand(1000, 2)
+    assert torch.equal((logits[0] / 0.8)[0], (logits[0] / 0.8)[1])  # the tie, in bfloat16
+    draws = sample_next(logits, 0.8, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert support(draws) == {0}
 
 
 @pytest.mark.parametrize(
