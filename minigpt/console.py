@@ -73,7 +73,11 @@ class ModelSummaryTable(ModelSummary):
 
 
 class StepProgressBar(RichProgressBar):
-    """Rich's progress bar, on a terminal, showing the training loss, the last validation loss and tokens per second."""
+    """Rich's progress bar, on a terminal, showing the training loss, the last validation loss and tokens per second.
+
+    The values are read as numbers once per logging interval (and at validation), where the logger reads them
+    anyway: reading a GPU tensor's value waits for the GPU, which the bar's refresh at every batch must not do.
+    """
 
     SHOWN = {
         "train/loss": ("loss", "{:.4f}"),
@@ -81,9 +85,20 @@ class StepProgressBar(RichProgressBar):
         "train/tokens_per_sec": ("tok/s", "{:,.0f}"),
     }
 
+    def __init__(self):
+        super().__init__()
+        self._shown: dict[str, str] = {}
+        self._shown_step = -1
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
-        metrics = trainer.progress_bar_metrics
-        return {label: form.format(metrics[key]) for key, (label, form) in self.SHOWN.items() if key in metrics}
+        step = trainer.global_step
+        if not trainer.training or (step != self._shown_step and step % trainer.log_every_n_steps == 0):
+            metrics = trainer.callback_metrics
+            shown = {
+                label: form.format(float(metrics[key])) for key, (label, form) in self.SHOWN.items() if key in metrics
+            }
+            self._shown, self._shown_step = shown, step
+        return self._shown
 
 
 def report(run_dir: Path, trainer: L.Trainer, module: L.LightningModule, encoding, sample_tokens: int, prompt: str):
@@ -99,8 +114,12 @@ def report(run_dir: Path, trainer: L.Trainer, module: L.LightningModule, encodin
         print(f"  metrics:     {Path(trainer.logger.log_dir) / 'metrics.csv'}")
     if sample_tokens <= 0:
         return
-    model = module.model.eval()
-    idx = torch.tensor([encode_prompt(encoding, prompt)], device=module.device)  # (1, T)
-    tokens = generate(model, idx, sample_tokens, temperature=0.8, top_k=200, seed=0)
+    # Where training ran, at its precision: when `fit` returns, Lightning has moved the module to the CPU.
+    device = trainer.strategy.root_device
+    model = module.model.to(device).eval()
+    idx = torch.tensor([encode_prompt(encoding, prompt)], device=device)  # (1, T)
+    # Eager even when training compiled the model: a few hundred tokens cost less than compiling decoding's graphs.
+    with trainer.precision_plugin.forward_context(), torch.compiler.set_stance("force_eager"):
+        tokens = generate(model, idx, sample_tokens, temperature=0.8, top_k=200, seed=0)
     print(f"\nsample ({sample_tokens} tokens, temperature 0.8):")
     print(encoding.decode(tokens[0, idx.size(1) :].tolist()))

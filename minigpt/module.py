@@ -7,11 +7,12 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric
 
 from minigpt.errors import LossNotFinite, UserError
 from minigpt.model import GPT, GPTConfig
+from minigpt.peak_flops import peak_flops
 
 
 class GPTModule(L.LightningModule):
@@ -32,6 +33,7 @@ class GPTModule(L.LightningModule):
         weight_decay: float = 0.1,
         beta1: float = 0.9,
         beta2: float = 0.95,
+        fused: bool | Literal["auto"] = "auto",
         compile: bool = False,
         compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
         tokenizer: str = "bytes",
@@ -55,6 +57,7 @@ class GPTModule(L.LightningModule):
             weight_decay: AdamW weight decay, applied to matrices and embeddings only.
             beta1: AdamW beta1.
             beta2: AdamW beta2 (0.99 for small models trained briefly, 0.95 for GPT-2 sizes).
+            fused: AdamW's fused implementation (one kernel for all parameters): auto takes it on GPUs.
             compile: Compile the GPT with torch.compile (the Lightning module itself stays eager).
             compile_mode: torch.compile's mode: `reduce-overhead` adds CUDA graphs (fewer kernel launches, for
                 small models), `max-autotune` also tunes matmul kernels per shape (a much longer compile).
@@ -79,6 +82,7 @@ class GPTModule(L.LightningModule):
         self.register_buffer("_nonfinite_loss", torch.zeros((), dtype=torch.bool), persistent=False)
         self._throughput_t0: float | None = None
         self._throughput_step0 = -1
+        self._grad_norm: torch.Tensor | None = None  # before clipping, of the last optimizer step that clipped
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
@@ -88,7 +92,9 @@ class GPTModule(L.LightningModule):
         x, y = batch  # (B, T) each
         _, loss = self.model(x, y)
         self._nonfinite_loss |= ~torch.isfinite(loss.detach())
-        self.log("train/loss", loss, prog_bar=True)
+        # Not on the progress bar: Lightning turns progress-bar values into numbers (a wait for the GPU) at every
+        # batch; logged values stay on the device until the logging interval. StepProgressBar shows them from there.
+        self.log("train/loss", loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -111,22 +117,22 @@ class GPTModule(L.LightningModule):
         tokens_per_step = batch[0].numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
         self.log("train/tokens", float(step * tokens_per_step))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        if self._grad_norm is not None:
+            self.log("train/grad_norm", self._grad_norm)
         now = time.perf_counter()
         if self._throughput_t0 is not None:
             # Wall time over a whole logging interval: no per-step device sync, queued GPU work evens out.
             tokens_per_sec = (step - self._throughput_step0) * tokens_per_step / (now - self._throughput_t0)
-            self.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True)
+            self.log("train/tokens_per_sec", tokens_per_sec)
             peak = self._peak_flops_per_device()
             if peak:
                 self.log("train/mfu", tokens_per_sec * self.flops_per_token / (peak * self.trainer.world_size))
         self._throughput_t0, self._throughput_step0 = now, step
 
     def _peak_flops_per_device(self) -> float | None:
-        """Peak FLOP/s of one device at the training precision, when Lightning knows it (GPUs only)."""
-        if self.device.type != "cuda":
-            return None
-        dtype = torch.bfloat16 if "bf16" in str(self.trainer.precision) else torch.float32
-        return get_available_flops(self.device, dtype)
+        """Dense peak FLOP/s of one device at the training precision, for the GPUs `minigpt.peak_flops` names."""
+        name = device_name(self.device)
+        return None if name is None else peak_flops(name, str(self.trainer.precision))
 
     def _check_loss_is_finite(self) -> None:
         if self._nonfinite_loss.item():
@@ -158,7 +164,7 @@ class GPTModule(L.LightningModule):
             groups,
             lr=hp.learning_rate,
             betas=(hp.beta1, hp.beta2),
-            fused=self.device.type == "cuda",  # one kernel for all parameters on GPU
+            fused=self.device.type == "cuda" if hp.fused == "auto" else hp.fused,
         )
         decay_steps = hp.decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps < 1:
@@ -166,6 +172,34 @@ class GPTModule(L.LightningModule):
         schedule = warmup_cosine(hp.warmup_steps, decay_steps, hp.min_lr / hp.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """trainer.gradient_clip_val, clipped here with torch rather than by Lightning's precision plugin.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales gradients in its own step
+        (fused AdamW, our choice on GPUs), and its FSDP plugin refuses clipping by norm. Neither reason holds for us:
+        bf16 has no loss scale, an fp16 loss scale is taken off first below, and FSDP's root module computes the norm
+        of the whole sharded model. The norm stays on the device (clipping needs no host sync) and is logged with
+        the other metrics of the logging interval.
+        """
+        if not gradient_clip_val:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed only
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)  # the fused step would unscale later: the norm must be of the true gradients
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            return
+        root = self.trainer.strategy.model
+        if isinstance(root, FullyShardedDataParallel):  # each rank holds a shard: torch's function would see one
+            self._grad_norm = root.clip_grad_norm_(gradient_clip_val)
+        else:
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
+
+
+def device_name(device: torch.device) -> str | None:
+    """The GPU's name, e.g. "NVIDIA H100 80GB HBM3"; None on other devices."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 def check_optimization(
