@@ -125,7 +125,7 @@ class AttentionMaps(L.Callback):
         if stage != "fit":
             return
         data = trainer.datamodule
-        enc = get_tokenizer(pl_module.hparams.tokenizer)  # the model's, linked from the data's
+        enc = get_tokenizer(pl_module.tokenizer)  # the model's, the data's
         self.repeats = self.random_repeats(data, pl_module.model.config, enc.eot_token)
         if self.probe is None:
             if data is None or "val" not in getattr(data, "data", {}):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal  # jsonargparse reads the argument types below
 
 import torch
+from jsonargparse import set_parsing_settings
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -31,7 +32,7 @@ from minigpt.data import TextDataModule
 from minigpt.errors import UserError, print_error
 from minigpt.generate import encode_prompt
 from minigpt.logger import make_logger
-from minigpt.module import GPTModule
+from minigpt.module import GPTModule, ModelOptions
 
 DEFAULT_CONFIG = "default.yaml"
 
@@ -65,6 +66,8 @@ class LogResolvedConfig(SaveConfigCallback):
 
 class MiniGPTCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, prog: str | None = None, description: str | None = None):
+        # The dataclasses' field docstrings are the options' help.
+        set_parsing_settings(docstring_parse_attribute_docstrings=True)
         super().__init__(
             GPTModule,
             TextDataModule,
@@ -87,6 +90,20 @@ class MiniGPTCLI(LightningCLI):
             },
         )
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Lightning's core groups, with `--model.*` from `ModelOptions` (the fields of GPTConfig, OptimizerConfig and
+        CompileConfig, flat) rather than from GPTModule's signature; `instantiate_classes` builds the module."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{key}": value for key, value in self.trainer_defaults.items()})
+        parser.add_class_arguments(ModelOptions, "model", sub_configs=True)
+        parser.add_lightning_class_args(self.datamodule_class, "data")
+
+    def instantiate_classes(self) -> None:
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model").build(tokenizer=self.datamodule.tokenizer)
+        self.trainer = self.instantiate_trainer()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str | None, default=None, help="Run name: its directory is runs_dir/name.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Where run directories are created.")
@@ -107,7 +124,6 @@ class MiniGPTCLI(LightningCLI):
         # Configurable as attention_maps.* in YAML and on the command line; LightningCLI adds it to the callbacks.
         parser.add_lightning_class_args(AttentionMaps, "attention_maps")
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
-        parser.link_arguments("data.tokenizer", "model.tokenizer", apply_on="parse")
         parser.link_arguments("model.block_size", "data.block_size", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
@@ -314,8 +330,8 @@ def check_settings(cli: MiniGPTCLI) -> None:
     Each class checks its own fields when it is built (GPTConfig, GPTModule, TextDataModule, the Trainer); these are
     the settings that only fail later, or only together.
     """
-    trainer, hparams = cli.trainer, cli.model.hparams
-    if trainer.max_steps == 0 or (trainer.max_steps < 0 and hparams.decay_steps is None):
+    trainer = cli.trainer
+    if trainer.max_steps == 0 or (trainer.max_steps < 0 and cli.model.optimizer_config.decay_steps is None):
         raise UserError(
             f"trainer.max_steps={trainer.max_steps}: give the number of steps to train (or model.decay_steps, "
             "where the learning-rate schedule ends, to train without a limit)"

@@ -2,7 +2,7 @@
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import lightning as L
@@ -15,67 +15,98 @@ from minigpt.model import GPT, GPTConfig
 from minigpt.peak_flops import peak_flops
 
 
+@dataclass
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule: linear warmup to learning_rate, cosine decay to min_lr."""
+
+    learning_rate: float = 1e-3
+    """Peak learning rate, reached after the warmup."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay (and after it)."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear warmup from 0 to learning_rate."""
+    decay_steps: int | None = None
+    """Optimizer step where the cosine decay reaches min_lr; defaults to trainer.max_steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to matrices and embeddings only."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2 (0.99 for small models trained briefly, 0.95 for GPT-2 sizes)."""
+    fused: bool | Literal["auto"] = "auto"
+    """AdamW's fused implementation (one kernel for all parameters): auto takes it on GPUs."""
+
+    def __post_init__(self):
+        """UserError naming the setting, for settings that cannot train (checked before any data is read)."""
+        if not self.learning_rate > 0:  # written so that NaN fails too
+            raise UserError(f"model.learning_rate={self.learning_rate} must be > 0")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise UserError(f"model.min_lr={self.min_lr} must lie in [0, learning_rate={self.learning_rate}]")
+        if self.warmup_steps < 0:
+            raise UserError(f"model.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise UserError(
+                f"model.decay_steps={self.decay_steps} must be >= 1, or unset to decay until trainer.max_steps"
+            )
+        if not self.weight_decay >= 0:
+            raise UserError(f"model.weight_decay={self.weight_decay} must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"model.{name}={getattr(self, name)} must lie in [0, 1)")
+
+
+@dataclass
+class CompileConfig:
+    """Whether and how the GPT is compiled for training."""
+
+    compile: bool = False
+    """Compile the GPT with torch.compile (the Lightning module itself stays eager)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile's mode: `reduce-overhead` adds CUDA graphs (fewer kernel launches, for small models),
+    `max-autotune` also tunes matmul kernels per shape (a much longer compile)."""
+
+
+@dataclass
+class ModelOptions(CompileConfig, OptimizerConfig, GPTConfig):
+    """The `--model.*` options: the GPT's shape, its optimizer and its compilation in one flat group, as the command
+    line and the YAML configs name them. Each field is declared once, in its own dataclass; `build` splits them."""
+
+    def __post_init__(self):
+        pass  # each part checks its own fields when `build` makes it
+
+    def build(self, tokenizer: str = "bytes") -> "GPTModule":
+        def part(cls):
+            return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+
+        return GPTModule(part(GPTConfig), part(OptimizerConfig), part(CompileConfig), tokenizer)
+
+
 class GPTModule(L.LightningModule):
     def __init__(
         self,
-        vocab_size: int = 257,
-        block_size: int = 256,
-        n_layer: int = 6,
-        n_head: int = 6,
-        n_embd: int = 384,
-        dropout: float = 0.0,
-        bias: bool = True,
-        pad_vocab_multiple: int = 1,
-        learning_rate: float = 1e-3,
-        min_lr: float = 1e-4,
-        warmup_steps: int = 100,
-        decay_steps: int | None = None,
-        weight_decay: float = 0.1,
-        beta1: float = 0.9,
-        beta2: float = 0.95,
-        fused: bool | Literal["auto"] = "auto",
-        compile: bool = False,
-        compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default",
+        config: GPTConfig,
+        optimizer: OptimizerConfig | None = None,
+        compile: CompileConfig | None = None,
         tokenizer: str = "bytes",
     ):
-        """A GPT and how it is optimised.
-
-        Args:
-            vocab_size: Token ids the model covers; linked from the data's tokenizer, never typed.
-            block_size: Context length in tokens; the data's windows use the same.
-            n_layer: Transformer blocks.
-            n_head: Attention heads per block; must divide n_embd.
-            n_embd: Width of the residual stream.
-            dropout: Dropout rate (0 for large data, ~0.2 for small data like Tiny Shakespeare).
-            bias: Biases in linear layers and LayerNorms, as GPT-2.
-            pad_vocab_multiple: Embedding and LM-head rows rounded up to a multiple of this (64 or 128 for GPT-2's
-                vocabulary on a GPU); 1 pads nothing.
-            learning_rate: Peak learning rate, reached after the warmup.
-            min_lr: Learning rate at the end of the cosine decay (and after it).
-            warmup_steps: Optimizer steps of linear warmup from 0 to learning_rate.
-            decay_steps: Optimizer step where the cosine decay reaches min_lr; defaults to trainer.max_steps.
-            weight_decay: AdamW weight decay, applied to matrices and embeddings only.
-            beta1: AdamW beta1.
-            beta2: AdamW beta2 (0.99 for small models trained briefly, 0.95 for GPT-2 sizes).
-            fused: AdamW's fused implementation (one kernel for all parameters): auto takes it on GPUs.
-            compile: Compile the GPT with torch.compile (the Lightning module itself stays eager).
-            compile_mode: torch.compile's mode: `reduce-overhead` adds CUDA graphs (fewer kernel launches, for
-                small models), `max-autotune` also tunes matmul kernels per shape (a much longer compile).
-            tokenizer: Tokenizer name, linked from the data; stored in checkpoints for sample.py.
-        """
+        """A GPT of shape config, how it is optimised and compiled, and the name of its tokenizer (stored in
+        checkpoints for sampling). `ModelOptions` builds one from the command line's flat `--model.*` options."""
         super().__init__()
-        self.save_hyperparameters()
-        self.config = GPTConfig(
-            vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-            dropout=dropout, bias=bias, pad_vocab_multiple=pad_vocab_multiple,
+        self.config = config
+        self.optimizer_config = optimizer or OptimizerConfig()
+        compile = compile or CompileConfig()
+        self.tokenizer = tokenizer
+        # Plain types: checkpoints load with torch.load(weights_only=True); the logger gets them as nested dicts.
+        self.save_hyperparameters(
+            {"model": asdict(config), "optimizer": asdict(self.optimizer_config), "compile": asdict(compile),
+             "tokenizer": tokenizer}
         )  # fmt: skip
-        check_optimization(learning_rate, min_lr, warmup_steps, decay_steps, weight_decay, beta1, beta2)
-        self.model = GPT(self.config)
-        if compile:
+        self.model = GPT(config)
+        if compile.compile:
             # Module.compile() compiles in place: parameter names (and checkpoint keys) stay those of GPT,
             # with no `_orig_mod.` prefix, so checkpoints load with or without compile.
-            self.model.compile(mode=compile_mode)
-        self.flops_per_token = flops_per_token(self.model, block_size)
+            self.model.compile(mode=compile.compile_mode)
+        self.flops_per_token = flops_per_token(self.model, config.block_size)
         self.val_loss = MeanMetric()
         # A device-side flag set when a loss is NaN/inf; read only where Lightning syncs anyway (logging, saving),
         # so the training step itself never waits on the GPU.
@@ -148,11 +179,11 @@ class GPTModule(L.LightningModule):
         # Never write a checkpoint of weights a non-finite loss has touched.
         self._check_loss_is_finite()
         # What sample.py needs, in plain types (loadable with torch.load(weights_only=True)).
-        checkpoint["minigpt"] = {"model_config": asdict(self.config), "tokenizer": self.hparams.tokenizer}
+        checkpoint["minigpt"] = {"model_config": asdict(self.config), "tokenizer": self.tokenizer}
 
     # --- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = self.optimizer_config
         # nanoGPT's rule: every matrix decays (attention/MLP weights and both embedding tables, the token table
         # being also the LM head); biases and LayerNorm gains do not, as decaying them only hurts.
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -200,31 +231,6 @@ class GPTModule(L.LightningModule):
 def device_name(device: torch.device) -> str | None:
     """The GPU's name, e.g. "NVIDIA H100 80GB HBM3"; None on other devices."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
-
-
-def check_optimization(
-    learning_rate: float,
-    min_lr: float,
-    warmup_steps: int,
-    decay_steps: int | None,
-    weight_decay: float,
-    beta1: float,
-    beta2: float,
-) -> None:
-    """UserError naming the setting, for optimizer and schedule settings that cannot train (before any data is read)."""
-    if not learning_rate > 0:  # written so that NaN fails too
-        raise UserError(f"model.learning_rate={learning_rate} must be > 0")
-    if not 0 <= min_lr <= learning_rate:
-        raise UserError(f"model.min_lr={min_lr} must lie in [0, learning_rate={learning_rate}]")
-    if warmup_steps < 0:
-        raise UserError(f"model.warmup_steps={warmup_steps} must be >= 0")
-    if decay_steps is not None and decay_steps < 1:
-        raise UserError(f"model.decay_steps={decay_steps} must be >= 1, or unset to decay until trainer.max_steps")
-    if not weight_decay >= 0:
-        raise UserError(f"model.weight_decay={weight_decay} must be >= 0")
-    for name, beta in (("beta1", beta1), ("beta2", beta2)):
-        if not 0 <= beta < 1:
-            raise UserError(f"model.{name}={beta} must lie in [0, 1)")
 
 
 def flops_per_token(model: GPT, T: int) -> float:

@@ -17,7 +17,7 @@ from minigpt.data import TextDataModule
 from minigpt.explorer import token_texts
 from minigpt.inspect import SCORES, head_scores
 from minigpt.model import GPT, GPTConfig
-from minigpt.module import GPTModule
+from minigpt.module import ModelOptions
 from minigpt.plots import MAX_DRAWN_TOKENS, draw_layer, figure_pixels, head_summaries, token_labels
 from minigpt.tokenizer import get_tokenizer
 from tests.explorer_pages import page_data
@@ -92,7 +92,7 @@ def test_a_long_probe_is_drawn_cut_to_its_first_64_tokens_with_a_note(tmp_path):
 
 
 def test_the_probe_runs_in_eval_mode_without_gradients_and_training_mode_comes_back(tmp_path, monkeypatch):
-    module = GPTModule(n_layer=2, n_head=2, n_embd=16, block_size=16, dropout=0.5)
+    module = ModelOptions(vocab_size=257, n_layer=2, n_head=2, n_embd=16, block_size=16, dropout=0.5).build()
     seen = []
     forward = GPT.forward
 
@@ -124,7 +124,9 @@ def test_the_probe_runs_in_eval_mode_without_gradients_and_training_mode_comes_b
 def test_an_unusable_probe_is_a_value_error_that_names_the_setting(probe, message):
     trainer = SimpleNamespace(datamodule=None, is_global_zero=True)
     with pytest.raises(ValueError, match=re.escape(message)):
-        AttentionMaps(probe=probe).setup(trainer, GPTModule(n_layer=1, n_head=1, n_embd=8, block_size=8), "fit")
+        AttentionMaps(probe=probe).setup(
+            trainer, ModelOptions(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=8).build(), "fit"
+        )
     with pytest.raises(ValueError, match="every_n_validations=-1 must be >= 0"):
         AttentionMaps(every_n_validations=-1)
 

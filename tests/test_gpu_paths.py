@@ -12,7 +12,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from minigpt import console
 from minigpt.model import GPT, GPTConfig
-from minigpt.module import GPTModule, flops_per_token
+from minigpt.module import GPTModule, ModelOptions, flops_per_token
 from minigpt.peak_flops import DENSE_TFLOPS, gpu_model, peak_flops
 from tests.test_train import REPO, TINY, free_port, load, train
 
@@ -103,15 +103,29 @@ def test_clipping_by_value_with_the_fused_optimizer(in_tmp, monkeypatch):
     assert len(largest) == 6 and max(largest) == pytest.approx(1e-4)
 
 
-def test_fp16_loss_scale_is_taken_off_before_the_fused_optimizer_is_clipped(in_tmp, step_grad_norms):
+# fp16 with a loss scaler, which Lightning's `--trainer.precision 16-mixed` replaces by bf16 on a CPU: its plugin named.
+FP16_WITH_SCALER = [
+    "--trainer.precision", "null", "--trainer.plugins",
+    '{"class_path": "lightning.pytorch.plugins.precision.MixedPrecision", '
+    '"init_args": {"precision": "16-mixed", "device": "cpu"}}',
+]  # fmt: skip
+
+
+def test_fp16_loss_scale_is_taken_off_before_the_fused_optimizer_is_clipped(in_tmp, step_grad_norms, monkeypatch):
     """16-mixed: the fused step would unscale the gradients itself, after clipping; the norm clipped (and logged) is
     that of the true gradients, as a float32 run has them, not of gradients times the loss scale (65536)."""
+    scales = []
+    unscale = torch.amp.GradScaler.unscale_
+    monkeypatch.setattr(
+        torch.amp.GradScaler, "unscale_", lambda self, opt: scales.append(self.get_scale()) or unscale(self, opt)
+    )
     first_norm = {}
-    for precision in ("32-true", "16-mixed"):
-        args = ["--name", precision, "--logger", "csv", "--trainer.precision", precision, "--model.fused", "true"]
-        assert train(*args, "--trainer.gradient_clip_val", "0.05") == 0
+    for precision, args in (("32", ["--trainer.precision", "32-true"]), ("16", FP16_WITH_SCALER)):
+        run = ["--name", precision, "--logger", "csv", "--model.fused", "true", "--trainer.gradient_clip_val", "0.05"]
+        assert train(*run, *args) == 0
         first_norm[precision] = float(metrics(in_tmp / "runs" / precision)[0]["train/grad_norm"])
-    assert first_norm["16-mixed"] == pytest.approx(first_norm["32-true"], rel=0.05)
+    assert scales == [65536.0] * 6  # the fp16 run scaled its loss, and each step took the scale off
+    assert first_norm["16"] == pytest.approx(first_norm["32"], rel=0.05)
     assert len(step_grad_norms) == 12 and max(step_grad_norms) <= 0.05 * 1.001
 
 
@@ -158,7 +172,7 @@ def test_under_fsdp_the_root_module_clips_by_the_norm_of_all_shards():
 
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    module = GPTModule(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    module = ModelOptions(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8).build()
     for p in module.parameters():
         p.grad = torch.full_like(p, 10.0)
     root = mock.Mock(spec=FullyShardedDataParallel)

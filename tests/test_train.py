@@ -17,7 +17,7 @@ from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.cli import MiniGPTCLI, main, prepare
 from minigpt.data import TextDataModule
 from minigpt.model import GPT
-from minigpt.module import GPTModule, flops_per_token, warmup_cosine
+from minigpt.module import ModelOptions, flops_per_token, warmup_cosine
 from tests.probes import digest
 from tests.wandb_records import config_and_history
 
@@ -100,7 +100,7 @@ def test_wandb_offline_run_holds_hyperparameters_config_and_metrics(in_tmp, caps
     assert "wandb sync runs/w/wandb/offline-run-" in capsys.readouterr().out
     (offline_run,) = (in_tmp / "runs" / "w" / "wandb").glob("offline-run-*")
     config, history = config_and_history(offline_run)
-    assert config["n_embd"] == 16 and config["tokenizer"] == "bytes"  # the module's hyperparameters
+    assert config["model"]["n_embd"] == 16 and config["tokenizer"] == "bytes"  # the module's hyperparameters
     assert config["config"]["model"]["n_layer"] == 1  # the resolved CLI config
     assert config["config"]["trainer"]["max_steps"] == 6
     logged = {key for row in history for key in row}
@@ -335,7 +335,7 @@ def test_two_nodes_ask_for_the_cache_to_be_prepared_then_train_from_it(tmp_path,
 # --- the module's parts ----------------------------------------------------------------------------------
 def test_compiled_and_eager_modules_share_checkpoint_keys():
     small = dict(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8)
-    eager, compiled = GPTModule(**small), GPTModule(**small, compile=True)
+    eager, compiled = ModelOptions(**small).build(), ModelOptions(**small, compile=True).build()
     assert set(eager.state_dict()) == set(compiled.state_dict())
     assert not any("_orig_mod" in key for key in compiled.state_dict())
     compiled.load_state_dict(eager.state_dict())
@@ -343,7 +343,7 @@ def test_compiled_and_eager_modules_share_checkpoint_keys():
 
 
 def test_adamw_groups_decay_matrices_only():
-    module = GPTModule(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=8, decay_steps=10)
+    module = ModelOptions(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=8, decay_steps=10).build()
     optimizer = module.configure_optimizers()["optimizer"]
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -365,20 +365,24 @@ def test_warmup_then_cosine_to_min_lr():
 
 def test_flops_per_token_matches_nanogpt_numbers():
     """DESIGN.md: GPT-2 124M at T=1024 is 854.8 MFLOP/token (6N + 12·L·C·T)."""
-    gpt2 = GPTModule(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    gpt2 = ModelOptions(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768).build()
     assert flops_per_token(gpt2.model, 1024) / 1e6 == pytest.approx(854.8, rel=1e-3)
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
     modes = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs["mode"]) or fn)
-    GPTModule(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, compile=True, compile_mode="reduce-overhead")
-    GPTModule(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, compile=False, compile_mode="max-autotune")
+    ModelOptions(
+        vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, compile=True, compile_mode="reduce-overhead"
+    ).build()
+    ModelOptions(
+        vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, compile=False, compile_mode="max-autotune"
+    ).build()
     assert modes == ["reduce-overhead"]
 
 
 def test_mfu_counts_no_padding_flops():
     small = dict(vocab_size=97, block_size=8, n_layer=1, n_head=2, n_embd=8)
-    plain, padded = GPTModule(**small), GPTModule(**small, pad_vocab_multiple=64)
+    plain, padded = ModelOptions(**small).build(), ModelOptions(**small, pad_vocab_multiple=64).build()
     assert padded.model.num_params() == plain.model.num_params() + (128 - 97) * 8
     assert padded.flops_per_token == plain.flops_per_token
