@@ -229,6 +229,10 @@ def bench_case(name: str, case: Case, args: argparse.Namespace, device: torch.de
     variants["minigpt"] = lambda: run_minigpt(model, idx, case.new)
     if args.compile:
         compiled = copy.deepcopy(model)  # the same weights, compiled in place as sample.py --compile does
+        # A fresh dynamo first, as in a sample.py process: after an earlier case's compile at another batch size or
+        # prompt length, automatic dynamic shapes would recompile this case with symbolic sizes (a graph and a
+        # compile time a fresh run never gets). That case's compiled model is not run again.
+        torch._dynamo.reset()
         compiled.compile(mode=args.compile_mode)
         variants["minigpt compiled"] = lambda: run_minigpt(compiled, idx, case.new)
     if case.recompute_row:

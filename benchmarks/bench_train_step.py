@@ -12,9 +12,10 @@ The variants live side by side and are timed interleaved, a round of optimizer s
     python benchmarks/bench_train_step.py --device cuda --configs 124m --micro-batch 8 --accum 1   # 24 GB fit
     python benchmarks/bench_train_step.py --quick                   # baby, tiny shapes, eager (a smoke test)
 
-MFU uses nanoGPT's FLOP count (6N + 12·L·C·T per token, of the unpadded model) over a dense bf16 peak (989
-TFLOP/s on H100/H200; --peak-tflops for other devices). "first step" is the first optimizer step's time,
-compilation included; the throughput is measured after --warmup steps.
+MFU uses nanoGPT's FLOP count (6N + 12·L·C·T per token, of the unpadded model) over the GPU's dense peak at the
+precision run (`minigpt.peak_flops`: 989 TFLOP/s bf16 on H100 SXM/H200; --peak-tflops for a GPU not in its table).
+"first step" is the first optimizer step's time, compilation included; the throughput is measured after --warmup
+steps. Each compiled variant compiles its own static graphs, as a fresh run at its shapes does (`build_step`).
 """
 
 import argparse
@@ -26,7 +27,7 @@ from functools import partial
 
 import torch
 import yaml
-from common import CONFIGS, VOCAB_SIZES, header, peak_flops, print_table, synchronize, time_interleaved
+from common import CONFIGS, VOCAB_SIZES, header, mfu_peak, print_table, synchronize, time_interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minigpt.module import GPTModule
@@ -62,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="timed rounds per variant (default: 5 on GPU, 3 on CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (compilation, CUDA graphs); 3 on GPU, 2 on CPU")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's; 1 with --quick)")
-    parser.add_argument("--peak-tflops", type=float, help="peak FLOP/s for MFU (default: 989 on H100/H200)")
+    parser.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for MFU (default: minigpt.peak_flops)")
     parser.add_argument("--quick", action="store_true", help="baby, T=64, micro-batch 2, eager, 1 thread (smoke test)")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
@@ -111,7 +112,14 @@ def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: 
     module = GPTModule(**{**hparams, **padding}).to(device)  # the variant's padding over the config's
     model = module.model
     if "mode" in spec:
-        model.compile(mode=spec["mode"])  # in place, as GPTModule(compile=True) does
+        # In place, as GPTModule(compile=True) does, but static (dynamic=False): the variants of one process share
+        # the code objects dynamo caches graphs on, so a variant at a new shape (micro-batch, vocabulary, block
+        # size, another config) would otherwise be recompiled by automatic dynamic shapes with symbolic sizes: a
+        # slower graph and a longer compile than a fresh train.py run at that shape gets, which compiles it static.
+        # Earlier variants stay compiled (they are timed interleaved after all are built), so no dynamo reset here;
+        # each variant's entries stay in the cache, hence the raised limit (at the limit dynamo runs eagerly).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        model.compile(mode=spec["mode"], dynamic=False)
     optimizers = module.configure_optimizers()
     optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     if not spec.get("fused", True):
@@ -196,7 +204,7 @@ def main() -> None:
     if args.tf32:
         torch.set_float32_matmul_precision("high")
     print(header(device, args.precision) + f"  tf32 {'on' if args.tf32 else 'off'}")
-    peak = peak_flops(device, args.peak_tflops)
+    peak = mfu_peak(device, args.precision, args.peak_tflops)  # after --tf32: it sets the float32 column
     rows, summary = [], []
     for name in args.configs:
         config_rows, config_summary = measure(name, args, peak)

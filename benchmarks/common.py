@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
+from minigpt.peak_flops import peak_flops
+
 REPO = Path(__file__).resolve().parents[1]
 # The configs the training-step and memory benchmarks take by short name.
 CONFIGS = {"baby": REPO / "configs" / "shakespeare_char.yaml", "124m": REPO / "configs" / "gpt2_124m.yaml"}
 # The tokenizers' sizes, without loading them (gpt2's BPE may need a download).
 VOCAB_SIZES = {"bytes": 257, "gpt2": 50257}
-# Dense bf16 peak of the H100 and H200 SXM (datasheet); about 790 TFLOP/s is what an 8192³ matmul reaches there.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
 def device_name(device: torch.device) -> str:
@@ -37,14 +37,20 @@ def header(device: torch.device, dtype: torch.dtype | str) -> str:
     return f"{datetime.date.today()}  torch {torch.__version__}  {device_name(device)}  {dtype}"
 
 
-def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
-    """Peak FLOP/s for MFU: the override, else the bf16 peak of a known GPU, else None (MFU not shown)."""
+def mfu_peak(
+    device: torch.device,
+    precision: str,
+    override_tflops: float | None = None,
+    float32_matmul_precision: str | None = None,
+) -> float | None:
+    """Peak FLOP/s for MFU: the override, else the dense peak of a GPU `minigpt.peak_flops` knows at the Lightning
+    precision the benchmark runs ("bf16-mixed", "32"; float32 matmuls at float32_matmul_precision, default this
+    process's), else None (MFU not shown). The training command's `train/mfu` divides by the same table."""
     if override_tflops:
         return override_tflops * 1e12
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
-    return None
+    if device.type != "cuda":
+        return None
+    return peak_flops(torch.cuda.get_device_name(device), precision, float32_matmul_precision)
 
 
 def synchronize(device: torch.device) -> None:

@@ -49,7 +49,9 @@ MIN_START_S = 45  # a row is started only with at least this long left (or its w
 GRACE_S = 15  # after SIGINT at a row's budget, before SIGKILL: time for train.py to save last.ckpt and exit
 OUT_FILES = 8  # what comes back from the GPU machine's $OUT
 LOG_LIMIT = 15 * 2**20  # bytes of gpu_check.log: each file that comes back is at most 16 MiB
-MISSING_THERE = ["datasets", "pyarrow", "wandb"]  # not installed on the GPU machine, never carried
+# Not installed on the GPU machine and never carried (datasets, wandb), or there but only datasets' (pyarrow): the
+# smoke run makes them unimportable, so the rows prove they never need them.
+MISSING_THERE = ["datasets", "pyarrow", "wandb"]
 CLI_PACKAGES = ["jsonargparse", "docstring_parser", "typeshed_client"]  # carried as wheels, for train.py only
 
 
@@ -63,30 +65,34 @@ class Row:
     trains: bool = False  # starts train.py, so needs jsonargparse (carried) and the token cache
 
 
+# The rows that start train.py first, most valuable first: they run the path fixed for CUDA (fused AdamW under
+# bf16-mixed with gradient clipping, which stopped every train.py run at its first optimizer step), so what they
+# report is new. Then the 124M step, generation, memory and the loader; the levers last.
 ROWS = [
-    Row("ttq-cold", 150, "3: shakespeare_char to val/loss <= 1.47 through train.py (bf16-mixed, compile, tokens on "
-        "the device), stopped there: step, wall time, tokens/s, MFU; from empty compile caches", trains=True),
+    Row("ttq-cold", 150, "3: shakespeare_char to val/loss <= 1.47 through train.py (bf16-mixed, fused AdamW, "
+        "clipping, compile, tokens on the device), stopped there: step, wall time, tokens/s, MFU; from empty compile "
+        "caches", trains=True),
+    Row("train-sample", 90, "CUDA check: train.py (bf16-mixed, fused AdamW, clipping, compile, attention maps at "
+        "every validation, a sample on the training device), resume from last.ckpt, sample.py bf16 eager / "
+        "--compile / --attention-map: exit codes, finite losses", trains=True),
+    Row("ttq-warm", 90, "3: ttq-cold again, with the compile caches it left (warm compile)", trains=True),
     Row("step-124m", 150, "2: GPT-2 124M step, T=1024, micro-batch 16 x 32, bf16: eager, eager with the vocabulary "
         "unpadded and with micro-batch 32 x 16, then compile: tokens/s, MFU, first step (compile), peak memory"),
-    Row("train-sample", 90, "CUDA check: train.py (bf16-mixed, compile, attention maps at every validation, a "
-        "sample), resume from last.ckpt, sample.py bf16 eager / --compile / --attention-map: exit codes, finite "
-        "losses", trains=True),
-    Row("ttq-warm", 90, "3: ttq-cold again, with the compile caches it left (warm compile)", trains=True),
     Row("generate", 80, "4: GPT-2 124M generating in bf16, batch 1 and 16, eager and compiled, against the "
         "memory-bandwidth bound (every weight read once per step)"),
     Row("memory-124m", 40, "2a: peak memory of the 124M step at micro-batch 8 and 16, measured beside the estimate"),
     Row("loader", 20, "2b: host windows + copy vs tokens_on_device, at the baby's and the 124M's batch shapes"),
     Row("levers-124m", 210, "2: compile against each lever, pair by pair: CUDA graphs (compile mode "
         "reduce-overhead), the vocabulary unpadded (pad_vocab_multiple), micro-batch 32 x 16"),
+    Row("ttq-host-loader", 100, "3: ttq with --data.tokens_on_device false (what the lever is worth)", smoke=False,
+        trains=True),
+    Row("ttq-cudagraphs", 120, "3: ttq with --model.compile_mode reduce-overhead (CUDA graphs in Lightning's loop)",
+        smoke=False, trains=True),
     Row("attention", 60, "1: attention layer forward + backward, bf16", smoke=False,
         command=("benchmarks/bench_attention.py", "--device", "cuda")),
     Row("step-baby", 150, "2: the baby config's step variants", smoke=False, command=(
         "benchmarks/bench_train_step.py", "--device", "cuda", "--configs", "baby", "--variants", "eager", "compile",
         "compile-cudagraphs", "pageable-copy", "sync-per-step", "eager-math-sdpa")),
-    Row("ttq-cudagraphs", 120, "3: ttq with --model.compile_mode reduce-overhead (CUDA graphs in Lightning's loop)",
-        smoke=False, trains=True),
-    Row("ttq-host-loader", 100, "3: ttq with --data.tokens_on_device false (what the lever is worth)", smoke=False,
-        trains=True),
     Row("step-124m-more", 240, "2: 124M autotuning, cuDNN attention, foreach AdamW, a sync per step", smoke=False,
         command=("benchmarks/bench_train_step.py", "--device", "cuda", "--configs", "124m", "--variants", "compile",
                  "compile-autotune", "compile-max", "eager-cudnn-sdpa", "foreach-adamw", "sync-per-step")),
@@ -188,7 +194,7 @@ def stop(proc: subprocess.Popen, sig: int) -> None:
 def child_env(args: argparse.Namespace, work: Path, site: Path | None, row: Row) -> dict:
     """The environment of a row: unbuffered output, the repository and the carried wheels on the path (nothing is
     installed there), the shared compile caches; on a CPU smoke run, the packages the GPU machine lacks made
-    unimportable and compilation without code generation."""
+    unimportable and compilation through AOTAutograd without code generation."""
     paths = [str(REPO)] + ([str(site)] if site else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "compile-cache" / "inductor")
@@ -196,7 +202,9 @@ def child_env(args: argparse.Namespace, work: Path, site: Path | None, row: Row)
     if args.cpu_smoke:
         paths.insert(0, str(BENCH / "cpu_smoke"))
         env["GPU_CHECK_BLOCK"] = ",".join(MISSING_THERE + ([] if row.trains else CLI_PACKAGES))
-        env["GPU_CHECK_COMPILE_BACKEND"] = "eager"
+        # AOTAutograd, as inductor on the GPU gets it (joint forward and backward graphs, functionalized, the
+        # partitioner), run as ATen ops; inductor itself needs a C++ compiler and minutes per graph on a small CPU.
+        env["GPU_CHECK_COMPILE_BACKEND"] = "aot_eager"
         env["OMP_NUM_THREADS"] = "1"  # a busy machine stalls two threads at every barrier, not one
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])

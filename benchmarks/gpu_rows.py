@@ -41,11 +41,12 @@ TTQ_ARGS = {  # train.py arguments of each time-to-quality row, on top of the co
     "cudagraphs": ["--model.compile_mode", "reduce-overhead"],
     "host-loader": ["--data.tokens_on_device", "false"],
 }
-# --smoke: the same commands and code on a model and batches that a CPU runs in seconds.
+# --smoke: the same commands and code on a model and batches that a CPU runs in seconds. Training takes the GPU's
+# optimizer path too: bf16-mixed and fused AdamW (what `fused: auto` picks on a GPU), with the config's clipping.
 SMOKE_MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64}
 SMOKE_TRAIN = [arg for key, value in SMOKE_MODEL.items() for arg in (f"--model.{key}", str(value))] + [
     "--data.batch_size", "4", "--data.val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-    "--trainer.log_every_n_steps", "1",
+    "--trainer.log_every_n_steps", "1", "--trainer.precision", "bf16-mixed", "--model.fused", "true",
 ]  # fmt: skip
 PROGRESS = re.compile(r"^step (\d+)/(\d+) \|.* val loss (\S+)")  # minigpt.callbacks.PrintProgress
 SAMPLED = re.compile(r"^(\d+) tokens in ([\d.]+) s \(([\d.]+) tokens/s\) from .* on (\S+), seed")  # sample.py
@@ -212,6 +213,17 @@ def logged(metrics: list[dict], key: str) -> list[tuple[int, float]]:
     return [(int(row["step"]) + shift, float(row[key])) for row in metrics if row.get(key)]
 
 
+def run_config(run_dir: Path) -> dict:
+    """The settings a train.py run ran with (its config.yaml)."""
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def run_precision(run_dir: Path) -> str:
+    return str(run_config(run_dir)["trainer"]["precision"])
+
+
 def check_losses(result: Result, metrics: list[dict], label: str) -> None:
     losses = [v for key in ("train/loss", "val/loss") for _, v in logged(metrics, key)]
     result.check(f"{label}: losses logged and finite", bool(losses) and all(map(math.isfinite, losses)),
@@ -228,15 +240,17 @@ def model_flops_per_token(hparams: dict) -> float:
         return GPTModule(**hparams).flops_per_token
 
 
-def ttq_mfu(ctx: Context, rate: float) -> float | None:
-    """MFU of the shakespeare_char model at `rate` tokens/s; None without a known peak (a CPU, an unknown GPU)."""
+def ttq_mfu(ctx: Context, rate: float, precision: str = "bf16-mixed") -> float | None:
+    """MFU of the shakespeare_char model at `rate` tokens/s, trained at `precision`; None without a known peak (a
+    CPU, an unknown GPU)."""
     if not ctx.cuda:  # no peak to divide by: spare the smoke run the imports
         return None
     import torch
     from bench_train_step import load_config
-    from common import peak_flops
+    from common import mfu_peak
 
-    peak = peak_flops(torch.device(ctx.device))
+    # train.py sets float32 matmuls to "high" (TF32): the column a 32-true run's matmuls get.
+    peak = mfu_peak(torch.device(ctx.device), precision, float32_matmul_precision="high")
     if peak is None:
         return None
     config = argparse.Namespace(device=ctx.device, block_size=None, micro_batch=None, accum=None)
@@ -273,6 +287,7 @@ def row_ttq(ctx: Context, result: Result, variant: str) -> None:
     result.keep(run_dir / "metrics.csv")
     metrics = read_metrics(run_dir)
     check_losses(result, metrics, "train.py")
+    precision = run_precision(run_dir)
 
     printed_at = {int(m[1]): t for t, line in done.lines if (m := PROGRESS.match(line))}
     vals = logged(metrics, "val/loss")
@@ -293,11 +308,11 @@ def row_ttq(ctx: Context, result: Result, variant: str) -> None:
     tokens = logged(metrics, "train/tokens")
     tokens_per_step = tokens[-1][1] / tokens[-1][0] if tokens and tokens[-1][0] else None
     rate = statistics.median(rates) if rates else None
-    mfu = ttq_mfu(ctx, rate) if rate else None
+    mfu = ttq_mfu(ctx, rate, precision) if rate else None
     # What is not training steps: start-up, compilation, validation, checkpoints, attention maps.
     steps_s = last_step * tokens_per_step / rate if rate and tokens_per_step else None
     overhead = f"; {done.seconds - steps_s:.1f} s of it not training steps" if steps_s else ""
-    whole_mfu = ttq_mfu(ctx, last_step * tokens_per_step / done.seconds) if tokens_per_step else None
+    whole_mfu = ttq_mfu(ctx, last_step * tokens_per_step / done.seconds, precision) if tokens_per_step else None
     result.item("whole run", f"{done.seconds:.1f} s, {last_step} steps{overhead}{fmt_mfu(whole_mfu)} over it all",
                 wall_s=done.seconds, steps=last_step, steps_s=steps_s, mfu_whole_run=whole_mfu,
                 compile_cache_files_at_start=cached)  # fmt: skip
@@ -306,22 +321,28 @@ def row_ttq(ctx: Context, result: Result, variant: str) -> None:
                     tokens_per_s=rate, mfu=mfu)  # fmt: skip
 
 
-def checkpoint_device(path: Path) -> str | None:
-    """The device type the weights in a Lightning checkpoint were saved from (torch.load keeps it), or None."""
+def checkpoint_facts(path: Path) -> dict:
+    """From a Lightning checkpoint: the device type its weights were saved from (torch.load keeps it) and whether
+    its AdamW ran fused (the optimizer's param groups); empty without the file."""
     import torch
 
     if not path.is_file():
-        return None
-    state = torch.load(path, weights_only=True)["state_dict"]
-    return next(iter(state.values())).device.type
+        return {}
+    state = torch.load(path, weights_only=True)
+    groups = [group for optimizer in state["optimizer_states"] for group in optimizer["param_groups"]]
+    return {
+        "device": next(iter(state["state_dict"].values())).device.type,
+        "fused": bool(groups) and all(group.get("fused") for group in groups),
+    }
 
 
 def row_train_sample(ctx: Context, result: Result) -> None:
     """A short real train.py run, its resume from last.ckpt, and sample.py on its checkpoint: do they work here?
 
-    train.py: the shakespeare_char config (bf16-mixed and compile on a GPU), attention maps drawn at every
-    validation (on the compiled model), a 32-token sample at the end (generation through the compiled model).
-    Resumed from last.ckpt for more steps. sample.py in bf16, eager and --compile, and --attention-map.
+    train.py: the shakespeare_char config as a GPU runs it (bf16-mixed, fused AdamW, gradient clipping at 1.0,
+    compile; the smoke run asks for the first two on the CPU), attention maps drawn at every validation (on the
+    compiled model), a 32-token sample at the end on the training device. Resumed from last.ckpt for more steps.
+    sample.py in bf16, eager and --compile, and --attention-map.
     """
     require_cache(ctx)
     steps, every = (4, 2) if ctx.smoke else (60, 30)
@@ -337,13 +358,18 @@ def row_train_sample(ctx: Context, result: Result) -> None:
     stop_if_interrupted(first)
     exited(result, "train.py", first)
     text = "\n".join(line for _, line in first.lines)
-    config = (run_dir / "config.yaml").read_text()
-    precision = "bf16-mixed" if ctx.cuda else "32-true"
-    result.check(f"precision {precision}", f"precision: {precision}" in config)
-    result.check("compile on", re.search(r"^  compile: true$", config, re.M) is not None)
-    trained_on = checkpoint_device(run_dir / "checkpoints" / "last.ckpt")
-    result.check(f"trained on {ctx.device}", trained_on == ctx.device, f"last.ckpt's weights are on {trained_on}")
-    check_losses(result, read_metrics(run_dir), "train.py")
+    config = run_config(run_dir)
+    trainer, model = config["trainer"], config["model"]
+    result.check("precision bf16-mixed", trainer["precision"] == "bf16-mixed", f"config.yaml: {trainer['precision']}")
+    result.check("compile on", model["compile"] is True, f"config.yaml: {model['compile']}")
+    clip = trainer["gradient_clip_val"]
+    result.check("gradient clipping on", bool(clip), f"gradient_clip_val {clip}")
+    facts = checkpoint_facts(run_dir / "checkpoints" / "last.ckpt")
+    result.check(f"trained on {ctx.device}", facts.get("device") == ctx.device,
+                 f"last.ckpt's weights are on {facts.get('device')}")  # fmt: skip
+    result.check("AdamW fused", facts.get("fused") is True, f"last.ckpt's AdamW: fused {facts.get('fused')}")
+    metrics = read_metrics(run_dir)
+    check_losses(result, metrics, "train.py")
     maps = sorted((run_dir / "attention").glob("step-*/layer-*.png"))
     validations = steps // every
     drawn = {path.parent.name for path in maps}
@@ -353,7 +379,18 @@ def row_train_sample(ctx: Context, result: Result) -> None:
     if maps:
         result.keep(maps[-1])
     result.check("sample printed after training", "sample (32 tokens" in text)
+    # Where that sample ran (the training device, since fit moves the module back to the CPU), if the line says.
+    where = re.search(r"^sample \(32 tokens.*\bon (cuda|cpu|mps)\b", text, re.M)
+    if where:
+        result.check(f"sample after training on {ctx.device}", where[1] == ctx.device, f"printed: on {where[1]}")
     result.item("train.py", f"{steps} steps in {first.seconds:.1f} s, exit 0", seconds=first.seconds)
+    norms = [value for _, value in logged(metrics, "train/grad_norm")]
+    if norms:  # the norm before clipping, as the module logs it
+        clipped = sum(norm > clip for norm in norms)
+        result.item("gradient clipping", f"at {clip}: norm {norms[0]:.2f} first, {norms[-1]:.2f} last; {clipped} of "
+                    f"{len(norms)} logged steps clipped", grad_norms=norms, clip=clip)  # fmt: skip
+    result.item("sample after training", f"32 tokens on {where[1]}" if where else "32 tokens (its device not printed)",
+                device=where and where[1])  # fmt: skip
 
     resumed = steps + every
     second = run(train_command(ctx, name, *common, "--trainer.max_steps", str(resumed), "--ckpt_path", "last",
@@ -409,7 +446,7 @@ def step_rows(ctx: Context, result: Result, compiled_levers: bool) -> None:
     """
     import bench_train_step as bts
     import torch
-    from common import peak_flops, synchronize, time_interleaved
+    from common import mfu_peak, synchronize, time_interleaved
 
     device = torch.device(ctx.device)
     args = argparse.Namespace(
@@ -421,7 +458,7 @@ def step_rows(ctx: Context, result: Result, compiled_levers: bool) -> None:
         hparams |= SMOKE_MODEL
     T = hparams["block_size"]
     flops_per_token = model_flops_per_token(hparams)
-    peak = peak_flops(device)
+    peak = mfu_peak(device, args.precision)
     rounds, warmup = (2, 1) if ctx.smoke else (3, 2)
     unpadded = {"pad_vocab_multiple": 1}
     wider = {"micro_batch": micro_batch * 2, "accum": max(1, accum // 2)}
@@ -564,6 +601,11 @@ def row_generate(ctx: Context, result: Result) -> None:
         for batch in (1, 16):
             label = f"{'compiled' if compiled else 'eager'}, batch {batch}"
             idx = torch.randint(0, config.vocab_size, (batch, prompt), device=device)
+            if compiled:
+                # Each batch size compiles in a fresh dynamo, as in its own sample.py --compile process: after the
+                # graphs of batch 1, automatic dynamic shapes would recompile batch 16's with a symbolic batch size
+                # (a graph and a compile time no fresh run gets). The model stays compiled in place.
+                torch._dynamo.reset()
             try:
                 first = seconds_of(model, idx)  # compilation included, for the compiled model
                 seconds = min(seconds_of(model, idx) for _ in range(2))

@@ -87,7 +87,9 @@ def test_cpu_smoke_writes_every_number_to_out(smoke):
     memory = items["memory-124m"]["micro-batch 8"]  # on a CPU: the tracker on real tensors, to the byte
     assert memory["measured_bytes"] == memory["estimate_bytes"] > 0
     checks = {check["check"] for check in rows["train-sample"]["checks"]}
+    # The smoke run trains as a GPU does: bf16-mixed, fused AdamW, clipping, compiled (through AOTAutograd).
     for expected in ("resumed from last.ckpt", "attention maps drawn at every validation", "compile on",
+                     "precision bf16-mixed", "AdamW fused", "gradient clipping on",
                      "sample.py bf16 --compile: exit 0, tokens made on cpu",
                      "sample.py --attention-map: exit 0, PNGs, finite head scores"):  # fmt: skip
         assert expected in checks, checks
@@ -158,12 +160,54 @@ def test_without_a_gpu_the_gpu_rows_are_refused_in_one_line():
     assert proc.stderr == "error: no NVIDIA GPU here (nvidia-smi lists none): on a CPU run --cpu-smoke\n"
 
 
-def test_time_to_quality_mfu_counts_the_baby_configs_flops(monkeypatch, tmp_path):
-    import common
+def test_time_to_quality_mfu_counts_the_baby_configs_flops_over_minigpts_peak_table(monkeypatch, tmp_path):
+    import gpu_rows
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")  # as an H200 names itself
+    on_gpu = gpu_rows.Context("cuda", smoke=False, work=tmp_path, carry=tmp_path)
+    # 71.4 MFLOP per token (benchmarks/NOTES.md): 1M tokens/s is 7.2% of the H200's dense bf16 989.4 TFLOP/s; a
+    # 32-true run's matmuls are TF32 (train.py sets "high"), half that peak.
+    assert gpu_rows.ttq_mfu(on_gpu, 1e6) == pytest.approx(71.4e6 * 1e6 / 989.4e12, rel=1e-3)
+    assert gpu_rows.ttq_mfu(on_gpu, 1e6, "32-true") == pytest.approx(71.4e6 * 1e6 / 494.7e12, rel=1e-3)
+    assert gpu_rows.ttq_mfu(gpu_rows.Context("cpu", smoke=True, work=tmp_path, carry=tmp_path), 1e6) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")  # not in the table
+    assert gpu_rows.ttq_mfu(on_gpu, 1e6) is None
+
+
+@pytest.fixture
+def graph_sizes(monkeypatch) -> list[bool]:
+    """torch.compile in this process records, for each graph dynamo makes, whether any of its sizes is symbolic."""
+    import torch
+
+    made: list[bool] = []
+    compile_ = torch.compile
+
+    def backend(gm, example_inputs):
+        sizes = [s for x in example_inputs for s in (x.shape if isinstance(x, torch.Tensor) else [x])]
+        made.append(any(isinstance(size, torch.SymInt) for size in sizes))
+        return gm.forward
+
+    def recording(model=None, **kwargs):
+        kwargs.pop("mode", None)  # inductor's
+        return compile_(model, **{**kwargs, "backend": backend})
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", recording)
+    yield made
+    torch._dynamo.reset()
+
+
+def test_rows_that_compile_several_shapes_in_one_process_compile_each_static(graph_sizes, tmp_path):
+    """generate (batch 1, then 16) and levers-124m (the vocabulary, the micro-batch) compile new shapes in one
+    process: each must get the static graphs a fresh run at that shape gets, not automatic dynamic shapes'."""
     import gpu_rows
 
-    monkeypatch.setattr(common, "peak_flops", lambda device: 989e12)  # an H100's, without a GPU here
-    on_gpu = gpu_rows.Context("cuda", smoke=False, work=tmp_path, carry=tmp_path)
-    # 71.4 MFLOP per token (benchmarks/NOTES.md): 1M tokens/s is 7.2% of 989 TFLOP/s.
-    assert gpu_rows.ttq_mfu(on_gpu, 1e6) == pytest.approx(71.4e6 * 1e6 / 989e12, rel=1e-3)
-    assert gpu_rows.ttq_mfu(gpu_rows.Context("cpu", smoke=True, work=tmp_path, carry=tmp_path), 1e6) is None
+    ctx = gpu_rows.Context("cpu", smoke=True, work=tmp_path, carry=tmp_path)
+    result = gpu_rows.Result(tmp_path / "row.json", "row")
+    gpu_rows.row_generate(ctx, result)
+    generation = len(graph_sizes)
+    gpu_rows.step_rows(ctx, result, compiled_levers=True)
+    assert all(check["ok"] for check in result.checks), result.checks
+    assert generation >= 4 and len(graph_sizes) > generation  # prefill and step at two batch sizes; the levers
+    assert not any(graph_sizes), graph_sizes

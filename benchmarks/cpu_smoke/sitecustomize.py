@@ -2,9 +2,11 @@
 
 - GPU_CHECK_BLOCK=a,b: those modules cannot be imported, as on the GPU machine, where they are not installed. The
   rows prove on this CPU that they never need them.
-- GPU_CHECK_COMPILE_BACKEND=eager: torch.compile still traces with TorchDynamo, as on the GPU, but runs the traced
-  graphs as they are instead of generating kernels (inductor takes about a minute per graph on a small CPU). Modes
-  (CUDA graphs, autotuning) belong to inductor and are dropped.
+- GPU_CHECK_COMPILE_BACKEND=aot_eager (what gpu_check.py sets): torch.compile traces with TorchDynamo and
+  AOTAutograd, as on the GPU (the joint forward and backward graphs, functionalized and partitioned, that inductor
+  gets there), but runs those graphs as ATen ops instead of generating kernels (inductor needs a C++ compiler and
+  about a minute per graph on a small CPU). Modes (CUDA graphs, autotuning) belong to inductor and are dropped;
+  every other argument (dynamic=False, fullgraph) is passed on.
 """
 
 import importlib.abc
