@@ -33,7 +33,7 @@ from minigpt.callbacks import AttentionMaps
 from minigpt.data import embedded_corpus
 from minigpt.explorer import token_texts, write_explorer
 from minigpt.inspect import head_scores, induction_loss, probe_attention
-from minigpt.module import GPTModule
+from minigpt.module import ModelOptions
 from minigpt.plots import MAX_DRAWN_TOKENS, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
@@ -79,12 +79,12 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = yaml.safe_load(args.config.read_text())
     tokenizer = cfg.get("data", {}).get("tokenizer", "bytes")
-    hparams = {**cfg["model"], "vocab_size": VOCAB_SIZES[tokenizer], "tokenizer": tokenizer}
+    hparams = {**cfg["model"], "vocab_size": VOCAB_SIZES[tokenizer]}
     hparams |= QUICK if args.quick else {}
     batch_size = 2 if args.quick else args.batch_size or cfg["data"].get("batch_size", 32)
     accum = cfg["trainer"].get("accumulate_grad_batches", 1)
     torch.manual_seed(0)
-    module = GPTModule(**hparams).to(device)
+    module = ModelOptions(**hparams).build(tokenizer).to(device)
     model, T = module.model, hparams["block_size"]
 
     lr = hparams.get("learning_rate", 1e-3)

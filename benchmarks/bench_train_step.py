@@ -30,7 +30,7 @@ import yaml
 from common import CONFIGS, VOCAB_SIZES, header, mfu_peak, print_table, synchronize, time_interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from minigpt.module import GPTModule
+from minigpt.module import ModelOptions
 
 CPU_MICRO_BATCH = {"baby": 8, "124m": 1}  # on CPU a step of the configs' batch takes minutes
 VARIANTS = {
@@ -79,7 +79,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_config(name: str, args: argparse.Namespace) -> tuple[dict, int, int, float]:
-    """GPTModule's arguments, the micro-batch, the accumulation and the clipping of a config file."""
+    """The `--model.*` options (ModelOptions), the micro-batch, the accumulation and the clipping of a config file."""
     cfg = yaml.safe_load(CONFIGS[name].read_text())
     trainer, data = cfg["trainer"], cfg["data"]
     hparams = {**cfg["model"], "vocab_size": VOCAB_SIZES[data["tokenizer"]], "compile": False}
@@ -109,7 +109,7 @@ def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: 
     vocab = hparams["vocab_size"]
     padding = {"pad_vocab_multiple": spec["pad_vocab"]} if "pad_vocab" in spec else {}
     torch.manual_seed(0)
-    module = GPTModule(**{**hparams, **padding}).to(device)  # the variant's padding over the config's
+    module = ModelOptions(**{**hparams, **padding}).build().to(device)  # the variant's padding over the config's
     model = module.model
     if "mode" in spec:
         # In place, as GPTModule(compile=True) does, but static (dynamic=False): the variants of one process share
@@ -155,7 +155,9 @@ def measure(name: str, args: argparse.Namespace, peak: float | None) -> tuple[li
     device = torch.device(args.device)
     hparams, micro_batch, accum, clip = load_config(name, args)
     with torch.device("meta"):
-        flops_per_token = GPTModule(**hparams).flops_per_token  # without vocabulary padding (flops_per_token)
+        flops_per_token = (
+            ModelOptions(**hparams).build().flops_per_token
+        )  # without vocabulary padding (flops_per_token)
     T = hparams["block_size"]
     tokens_per_step = accum * micro_batch * T
     # A round long enough to time with a host clock: about 2**20 tokens on a GPU (a few to a hundred steps).

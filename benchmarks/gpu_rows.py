@@ -231,13 +231,13 @@ def check_losses(result: Result, metrics: list[dict], label: str) -> None:
 
 
 def model_flops_per_token(hparams: dict) -> float:
-    """nanoGPT's FLOPs per token of the model GPTModule builds from these arguments (no vocabulary padding)."""
+    """nanoGPT's FLOPs per token of the model these `--model.*` options build (no vocabulary padding)."""
     import torch
 
-    from minigpt.module import GPTModule
+    from minigpt.module import ModelOptions
 
     with torch.device("meta"):
-        return GPTModule(**hparams).flops_per_token
+        return ModelOptions(**hparams).build().flops_per_token
 
 
 def ttq_mfu(ctx: Context, rate: float, precision: str = "bf16-mixed") -> float | None:

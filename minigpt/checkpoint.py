@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt.errors import UserError
+from minigpt.errors import UserError, one_line
 from minigpt.model import GPT, GPTConfig
 
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # in order of preference within a run
@@ -49,7 +49,7 @@ def load_checkpoint(path: str | Path) -> tuple[GPT, str]:
             f"{f' ({refused[1]})' if refused else ''}: a checkpoint may hold only tensors and plain types"
         ) from None
     except Exception as e:  # torch reports damaged archives in many types: RuntimeError, OSError, EOFError, ...
-        raise UserError(f"checkpoint {path} cannot be read by torch.load: {_one_line(e)}") from None
+        raise UserError(f"checkpoint {path} cannot be read by torch.load: {one_line(e)}") from None
     meta = ckpt.get("minigpt") if isinstance(ckpt, dict) else None
     state_dict = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not (isinstance(meta, dict) and {"model_config", "tokenizer"} <= meta.keys() and isinstance(state_dict, dict)):
@@ -65,7 +65,7 @@ def load_checkpoint(path: str | Path) -> tuple[GPT, str]:
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise UserError(f"checkpoint {path}: its weights do not fit its model_config: {_one_line(e)}") from None
+        raise UserError(f"checkpoint {path}: its weights do not fit its model_config: {one_line(e)}") from None
     return model.eval(), meta["tokenizer"]
 
 
@@ -139,8 +139,3 @@ def gpt_from_hf(hf_model) -> GPT:
     model = GPT(config)
     model.load_state_dict(weights)
     return model.eval()
-
-
-def _one_line(e: Exception, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

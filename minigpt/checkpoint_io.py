@@ -1,6 +1,5 @@
 """Checkpoint files written so that a run killed at any moment leaves the previous checkpoint whole."""
 
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -10,6 +9,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from minigpt.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,17 +28,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options; got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with ctrl_c_after_the_write():
-            try:
-                with open(tmp, "wb") as f:
-                    torch.save(checkpoint, f)
-                    f.flush()
-                    os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        with ctrl_c_after_the_write(), atomic_write(path, "wb", fsync=True) as f:
+            torch.save(checkpoint, f)
 
 
 @contextmanager

@@ -29,9 +29,10 @@ from minigpt.checkpoint import load_checkpoint
 from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.console import ModelSummaryTable, StepProgressBar, quiet_lightning, report
 from minigpt.data import TextDataModule
-from minigpt.errors import UserError, print_error
+from minigpt.errors import OneLineParseErrors, UserError, print_error
 from minigpt.generate import encode_prompt
 from minigpt.logger import make_logger
+from minigpt.memory import TRAINING_BYTES, WEIGHT_BYTES, check_model_fits
 from minigpt.module import GPTModule, ModelOptions
 
 DEFAULT_CONFIG = "default.yaml"
@@ -44,13 +45,8 @@ def default_precision() -> str:
     return "32-true"
 
 
-class OneLineErrorParser(LightningArgumentParser):
-    """Parse errors (unknown key, wrong type, missing or malformed config file) as one line and exit code 2."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        one_line = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-        sys.stderr.write(f"error: {one_line} (see --help)\n")
-        sys.exit(2)
+class OneLineErrorParser(OneLineParseErrors, LightningArgumentParser):
+    pass
 
 
 class LogResolvedConfig(SaveConfigCallback):
@@ -101,7 +97,10 @@ class MiniGPTCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)
         self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model").build(tokenizer=self.datamodule.tokenizer)
+        options = self._get(self.config_init, "model")
+        # The GPT is built in this machine's memory; training's whole need is checked on its device (check_settings).
+        check_model_fits(options, torch.device("cpu"), WEIGHT_BYTES, "its weights")
+        self.model = options.build(tokenizer=self.datamodule.tokenizer)
         self.trainer = self.instantiate_trainer()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -331,6 +330,7 @@ def check_settings(cli: MiniGPTCLI) -> None:
     the settings that only fail later, or only together.
     """
     trainer = cli.trainer
+    check_model_fits(cli.model.config, trainer.strategy.root_device, TRAINING_BYTES, "weights, gradients, AdamW state")
     if trainer.max_steps == 0 or (trainer.max_steps < 0 and cli.model.optimizer_config.decay_steps is None):
         raise UserError(
             f"trainer.max_steps={trainer.max_steps}: give the number of steps to train (or model.decay_steps, "

@@ -19,8 +19,22 @@ class LossNotFinite(UserError):
     exit_code = 1
 
 
+def one_line(message: object, limit: int | None = None) -> str:
+    """message's text on one line (its lines and runs of spaces joined by single spaces), cut to limit characters."""
+    text = " ".join(str(message).split()) or (type(message).__name__ if isinstance(message, BaseException) else "")
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
 def print_error(err: UserError) -> int:
     """Print `err` as one `error:` line on stderr; return the exit code for it."""
-    one_line = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    print(f"error: {one_line}", file=sys.stderr)
+    print(f"error: {one_line(err)}", file=sys.stderr)
     return err.exit_code
+
+
+class OneLineParseErrors:
+    """Mixed into an argument parser (argparse's or jsonargparse's): a parse error (unknown option, wrong type,
+    missing or malformed config file) is one `error:` line on stderr and exit code 2."""
+
+    def error(self, message: str, *args, **kwargs):
+        sys.stderr.write(f"error: {one_line(message)} (see --help)\n")
+        sys.exit(2)

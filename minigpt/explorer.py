@@ -13,7 +13,6 @@ need the resolution) and only for the causal lower triangle: 12 layers x 12 head
 import base64
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import tiktoken
 import torch
 
+from minigpt.files import atomic_write
 from minigpt.plots import MAX_DRAWN_TOKENS, check_attention
 
 ASSETS = Path(__file__).resolve().parent
@@ -152,9 +152,8 @@ def write_explorer(
     path = Path(path)
     html = explorer_html(weights, tokens, scores, header)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(html)
     return path
 
 

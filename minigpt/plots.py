@@ -6,7 +6,6 @@ they can be made inside a training run or on a headless server.
 """
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+
+from minigpt.files import atomic_write
 
 MAX_DRAWN_TOKENS = 64  # beyond this the axis labels no longer fit: longer probes are drawn cut to their start
 DPI = 100
@@ -181,8 +182,8 @@ def save_layer_maps(
         path = Path(path_of(layer))
         path.parent.mkdir(parents=True, exist_ok=True)
         fig = draw_layer(weights, labels, layer, note)
-        fig.savefig(f"{path}.tmp", format="png")
-        os.replace(f"{path}.tmp", path)
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png")
         paths.append(path)
     return paths
 

@@ -24,7 +24,7 @@ import tiktoken
 import torch
 
 from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
-from minigpt.errors import UserError, print_error
+from minigpt.errors import OneLineParseErrors, UserError, print_error
 from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
 from minigpt.inspect import pattern_scores, probe_attention
@@ -37,9 +37,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SEPARATOR = "\n" + "-" * 40
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
+class OneLineErrorParser(OneLineParseErrors, argparse.ArgumentParser):
+    pass
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:

@@ -16,7 +16,8 @@ import yaml
 from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.cli import MiniGPTCLI, main, prepare
 from minigpt.data import TextDataModule
-from minigpt.model import GPT
+from minigpt.memory import parameter_count
+from minigpt.model import GPT, GPTConfig
 from minigpt.module import ModelOptions, flops_per_token, warmup_cosine
 from tests.probes import digest
 from tests.wandb_records import config_and_history
@@ -386,3 +387,27 @@ def test_mfu_counts_no_padding_flops():
     plain, padded = ModelOptions(**small).build(), ModelOptions(**small, pad_vocab_multiple=64).build()
     assert padded.model.num_params() == plain.model.num_params() + (128 - 97) * 8
     assert padded.flops_per_token == plain.flops_per_token
+
+
+# --- sizes checked before anything is allocated ----------------------------------------------------------------
+@pytest.mark.parametrize("bias, pad", [(True, 1), (False, 1), (True, 64)])
+def test_parameter_count_from_the_shape_is_the_models(bias, pad):
+    config = GPTConfig(vocab_size=100, block_size=12, n_layer=3, n_head=2, n_embd=8, bias=bias, pad_vocab_multiple=pad)
+    assert parameter_count(config) == GPT(config).num_params(non_embedding=False)
+
+
+def test_a_model_too_large_for_this_machine_is_one_line_before_anything_is_allocated(in_tmp, capsys):
+    assert train("--model.n_embd", "65536", "--model.n_head", "64", "--model.n_layer", "64") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert re.search(r"of 3,29\d,\d{3}M parameters \(its weights\) needs 12,288.\d GiB, more than this machine", line)
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "data").exists()
+
+
+def test_training_needs_are_checked_on_the_training_device(in_tmp, capsys, monkeypatch):
+    """The weights fit where the model is built, but not with their gradients and AdamW state where it trains."""
+    n = parameter_count(GPTConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    monkeypatch.setattr("minigpt.memory.device_memory", lambda device: 8 * n)  # 2x the weights, half the training
+    assert train() == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "(weights, gradients, AdamW state) needs" in line and "choose a smaller model.n_layer" in line
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "data").exists()

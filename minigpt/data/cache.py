@@ -8,6 +8,7 @@ run trusts. Which documents validate is decided by `split`; the tokens come from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from minigpt.data.sources import TEXT_BATCH_ROWS, Source
 from minigpt.data.split import choose_val, flag_val, stream_val
 from minigpt.data.windows import TokenStream
 from minigpt.errors import UserError
+from minigpt.files import atomic_write
 from minigpt.tokenizer import get_tokenizer
 
 if TYPE_CHECKING:
@@ -147,9 +149,8 @@ class TokenCache:
         meta |= {"token_budget": self.token_budget, "val_fraction": self.val_fraction, "tokenizer": self.tokenizer}
         meta |= {"vocab_size": enc.n_vocab, "dtype": dtype, "tokens": {split: sum(counts[split]) for split in SPLITS}}
         meta |= {"shards": counts, "fingerprint": fingerprint}
-        with open(self.meta_path + ".tmp", "w") as f:
+        with atomic_write(self.meta_path, "w") as f:  # its rename is the one step that makes the new cache the cache
             json.dump(meta, f, indent=2)
-        os.replace(self.meta_path + ".tmp", self.meta_path)  # the one step that makes the new cache the cache
         for name in os.listdir(self.cache_dir):  # what the old cache left: other shards, an older single file
             path = os.path.join(self.cache_dir, name)
             if path != folder and (name.startswith("shards-") or name in ("train.bin", "val.bin")):
@@ -204,14 +205,16 @@ class TokenCache:
 
         if os.path.exists(os.path.join(folder, "complete")):  # only meta.json was left to write
             return counts
-        total, shard, files = sum(map(sum, counts.values())), None, {}
+        total, shard = sum(map(sum, counts.values())), None
+        shard_files = contextlib.ExitStack()  # the open shard's files, each renamed into place when it closes
         tokenized = encoded_batches(batches(), self.num_proc or all_cores(), self.tokenizer, dtype)
         try:
             for b, (val, ends, ids, lengths) in enumerate(tokenized, start=done_batches):
                 if b // SHARD_BATCHES != shard:
-                    self._close_shard(files, path, shard)
+                    shard_files.close()
                     shard = b // SHARD_BATCHES
-                    files = {split: open(path(split, shard) + ".tmp", "wb") for split in SPLITS}
+                    # Opened train then val, so closed val first: a train shard on disk means a whole shard.
+                    files = {split: shard_files.enter_context(atomic_write(path(split, shard))) for split in SPLITS}
                     for split in SPLITS:
                         counts[split].append(0)
                 stop = None
@@ -227,23 +230,12 @@ class TokenCache:
                 total += len(ids)
                 if stop is not None:
                     break
-            self._close_shard(files, path, shard)
-        except BaseException:
-            for f in files.values():  # the shard being written: a later preparation writes it again
-                f.close()
-                if os.path.exists(f.name):
-                    os.remove(f.name)
+            shard_files.close()
+        except BaseException as e:
+            # The shard being written is removed, not renamed into place: a later preparation writes it again.
+            shard_files.__exit__(type(e), e, e.__traceback__)
             raise
         finally:
             tokenized.close()  # stops the pool
         open(os.path.join(folder, "complete"), "w").close()
         return counts
-
-    @staticmethod
-    def _close_shard(files: dict, path, shard: int | None) -> None:
-        """Close a shard's temporary files and rename them into place, val first: a train shard means a whole one."""
-        for split in reversed(SPLITS):
-            if split in files:
-                files[split].close()
-                os.replace(path(split, shard) + ".tmp", path(split, shard))
-        files.clear()

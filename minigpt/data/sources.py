@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minigpt.errors import UserError
+from minigpt.errors import UserError, one_line
 
 if TYPE_CHECKING:
     import datasets
@@ -219,12 +219,11 @@ class Source:
         except ConnectionError as e:  # datasets' OfflineModeIsEnabled included
             raise self.offline_error(e) from None
         except FileNotFoundError as e:
-            first_line = str(e).splitlines()[0]
-            raise UserError(f"no dataset {self.path!r} on the hub or on disk ({first_line})") from None
+            raise UserError(f"no dataset {self.path!r} on the hub or on disk ({one_line(e, limit=200)})") from None
         except ValueError as e:  # datasets refusing the name or split it was given, before reading anything
-            first_line = str(e).splitlines()[0]
+            reason = one_line(e, limit=200)
             raise UserError(
-                f"dataset {self.path!r} has no name={self.name!r} or no split={self.split!r} ({first_line}); "
+                f"dataset {self.path!r} has no name={self.name!r} or no split={self.split!r} ({reason}); "
                 "set data.name and data.split to ones it has"
             ) from None
         # A stream may not know its columns before the first row; then a wrong column fails on that row.
@@ -236,9 +235,8 @@ class Source:
         return ds
 
     def offline_error(self, e: Exception) -> UserError:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         return UserError(
-            f"cannot download {self.path!r} ({reason}); with no network or HF_HUB_OFFLINE=1 only cached data "
-            f"loads: run once online to cache it, or use local files (source: text, path: your.txt) "
+            f"cannot download {self.path!r} ({one_line(e, limit=200)}); with no network or HF_HUB_OFFLINE=1 only "
+            f"cached data loads: run once online to cache it, or use local files (source: text, path: your.txt) "
             f"or the embedded default (source: embedded)"
         )
