@@ -69,7 +69,7 @@ ROWS = [
     Row("step-124m", 150, "2: GPT-2 124M step, T=1024, micro-batch 16 x 32, bf16: eager, eager with the vocabulary "
         "unpadded and with micro-batch 32 x 16, then compile: tokens/s, MFU, first step (compile), peak memory"),
     Row("train-sample", 90, "CUDA check: train.py (bf16-mixed, compile, attention maps at every validation, a "
-        "sample), resume from last.ckpt, sample.py bf16 eager / --compile / --attention-map: exit codes, finite "
+        "sample), resume from last.ckpt, sample.py bf16 eager / --compile, minigpt attention: exit codes, finite "
         "losses", trains=True),
     Row("ttq-warm", 90, "3: ttq-cold again, with the compile caches it left (warm compile)", trains=True),
     Row("generate", 80, "4: GPT-2 124M generating in bf16, batch 1 and 16, eager and compiled, against the "
