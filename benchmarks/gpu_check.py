@@ -74,7 +74,7 @@ ROWS = [
         "caches", trains=True),
     Row("train-sample", 90, "CUDA check: train.py (bf16-mixed, fused AdamW, clipping, compile, attention maps at "
         "every validation, a sample on the training device), resume from last.ckpt, sample.py bf16 eager / "
-        "--compile / --attention-map: exit codes, finite losses", trains=True),
+        "--compile, minigpt attention: exit codes, finite losses", trains=True),
     Row("ttq-warm", 90, "3: ttq-cold again, with the compile caches it left (warm compile)", trains=True),
     Row("step-124m", 150, "2: GPT-2 124M step, T=1024, micro-batch 16 x 32, bf16: eager, eager with the vocabulary "
         "unpadded and with micro-batch 32 x 16, then compile: tokens/s, MFU, first step (compile), peak memory"),

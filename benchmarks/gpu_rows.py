@@ -337,12 +337,13 @@ def checkpoint_facts(path: Path) -> dict:
 
 
 def row_train_sample(ctx: Context, result: Result) -> None:
-    """A short real train.py run, its resume from last.ckpt, and sample.py on its checkpoint: do they work here?
+    """A short real train.py run, its resume from last.ckpt, sample.py and `minigpt attention` on its checkpoint: do
+    they work here?
 
     train.py: the shakespeare_char config as a GPU runs it (bf16-mixed, fused AdamW, gradient clipping at 1.0,
     compile; the smoke run asks for the first two on the CPU), attention maps drawn at every validation (on the
     compiled model), a 32-token sample at the end on the training device. Resumed from last.ckpt for more steps.
-    sample.py in bf16, eager and --compile, and --attention-map.
+    sample.py in bf16, eager and --compile; `minigpt attention` in bf16.
     """
     require_cache(ctx)
     steps, every = (4, 2) if ctx.smoke else (60, 30)
@@ -419,14 +420,15 @@ def row_train_sample(ctx: Context, result: Result) -> None:
             result.item(label, f"{said[1]} tokens, {float(said[3]):,.0f} tokens/s ({done.seconds:.1f} s in all)",
                         tokens=int(said[1]), tokens_per_s=float(said[3]), seconds=done.seconds)  # fmt: skip
 
-    out = ctx.work / "sample-maps.png"
-    done = run(sample + ["--prompt", "ROMEO: But soft, what light", "--attention-map", str(out)])
+    out = ctx.work / "attention-maps.png"
+    attention = [sys.executable, "-m", "minigpt", "attention", *sample[2:]]  # sample's checkpoint, device and dtype
+    done = run(attention + ["--prompt", "ROMEO: But soft, what light", "--out", str(out)])
     stop_if_interrupted(done)
-    pngs = sorted(out.parent.glob("sample-maps-layer*.png"))
+    pngs = sorted(out.parent.glob("attention-maps-layer*.png"))
     rows = [line.split() for _, line in done.lines if re.match(r"^\s*\d+\s+\d+(\s+\S+)+$", line)]
     scores = [float(value) for row in rows for value in row[2:]]
     ok = done.returncode == 0 and pngs and scores and all(map(math.isfinite, scores))
-    result.check("sample.py --attention-map: exit 0, PNGs, finite head scores", ok,
+    result.check("minigpt attention: exit 0, PNGs, finite head scores", ok,
                  f"exit {done.returncode}, {len(pngs)} PNGs, {len(rows)} heads")  # fmt: skip
     if pngs:
         result.keep(pngs[0])

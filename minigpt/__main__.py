@@ -1,7 +1,8 @@
-"""The `minigpt` command, also `python -m minigpt`: train, sample and prepare, each with its own options.
+"""The `minigpt` command, also `python -m minigpt`: train, sample, attention and prepare, each with its own options.
 
 minigpt train [--config NAME_OR_FILE] [--model.* ...] [--data.* ...] [--trainer.* ...]
 minigpt sample [--ckpt FILE] [--prompt TEXT] ...
+minigpt attention [--ckpt FILE] --prompt TEXT --out MAPS.html|MAPS.png
 minigpt prepare [--config NAME_OR_FILE] [--data.* ...]
 minigpt COMMAND --help
 """
@@ -12,12 +13,13 @@ from importlib.metadata import PackageNotFoundError, version
 COMMANDS = {
     "train": "train a GPT (python train.py in a checkout)",
     "sample": "generate text from a checkpoint or GPT-2 (python sample.py in a checkout)",
+    "attention": "draw a prompt's attention (explorer page or PNGs) and print the head scores",
     "prepare": "build the token cache of a config's data, without training",
 }
 
 
 def usage() -> str:
-    commands = "\n".join(f"  {name:<8} {what}" for name, what in COMMANDS.items())
+    commands = "\n".join(f"  {name:<9} {what}" for name, what in COMMANDS.items())
     names = ",".join(COMMANDS)
     return f"usage: minigpt {{{names}}} [options]\n\ncommands:\n{commands}\n\nminigpt COMMAND --help lists its options."
 
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from minigpt.sample import main as sample
 
         return sample(rest, prog)
+    if command == "attention":
+        from minigpt.maps import main as attention
+
+        return attention(rest, prog)
     print(f"error: unknown command {command!r}: use one of {', '.join(COMMANDS)} (see minigpt --help)", file=sys.stderr)
     return 2
 

@@ -1,4 +1,4 @@
-"""Where a GPT to sample from comes from: our training checkpoints, or OpenAI's GPT-2 weights via `transformers`.
+"""Where a GPT to sample from or inspect comes from: our training checkpoints, or GPT-2 weights via `transformers`.
 
 Training writes `runs/<run>/checkpoints/{best,last}.ckpt`: Lightning checkpoints whose `state_dict` holds the GPT
 under `model.` and whose `minigpt` entry holds the model config and tokenizer name, in plain types, so they load
@@ -90,10 +90,19 @@ def load_gpt2(name: str = "gpt2") -> tuple[GPT, str]:
             raise UserError(
                 f"GPT-2 weights {name!r} are not in the HuggingFace cache ({constants.HF_HUB_CACHE}) and "
                 "HF_HUB_OFFLINE is set: download them once with network, point HF_HOME at a cache holding them, "
-                "or sample from a checkpoint with --ckpt"
+                "or use a checkpoint with --ckpt"
             ) from None
         hf_model = _download_gpt2(GPT2LMHeadModel, name)
     return gpt_from_hf(hf_model), "gpt2"
+
+
+def load_model(ckpt: str | Path | None, init_from: str | None, runs_dir: str | Path = "runs") -> tuple[GPT, str, str]:
+    """(model in eval mode on the CPU, tokenizer name, where it came from) for `--ckpt`, `--init-from` or, with
+    neither, the newest run under runs_dir: what `minigpt sample` and `minigpt attention` read."""
+    if init_from is not None:
+        return *load_gpt2(init_from), init_from
+    path = ckpt or find_checkpoint(runs_dir)
+    return *load_checkpoint(path), str(path)
 
 
 def _download_gpt2(model_class, name: str):
@@ -107,7 +116,7 @@ def _download_gpt2(model_class, name: str):
     except OSError:
         raise UserError(
             f"cannot download GPT-2 weights {name!r} from the HuggingFace hub (no network?): connect once so they "
-            "are cached, point HF_HOME at a cache holding them, or sample from a checkpoint with --ckpt"
+            "are cached, point HF_HOME at a cache holding them, or use a checkpoint with --ckpt"
         ) from None
     finally:
         for logger, level in zip(loggers, levels, strict=True):

@@ -1,6 +1,6 @@
 """What attention does, as numbers: a probe's attention weights, head-behaviour scores and the induction loss.
 
-Pure torch, shared by the training callback, `sample.py --attention-map` and the benchmarks.
+Pure torch, shared by the training callback, `minigpt attention` and the benchmarks.
 
 The head scores are those of TransformerLens's head detector with its default "mul" measure: for each head, the
 share of its whole attention over a sequence (every query, the first included) that falls on the cells of a

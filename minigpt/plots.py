@@ -1,4 +1,4 @@
-"""Attention heatmaps and per-head summaries, shared by the training callback and `sample.py --attention-map`.
+"""Attention heatmaps and per-head summaries, shared by the training callback and `minigpt attention`.
 
 One figure per layer: a grid of its heads' (T, T) attention weights, query tokens down the side, key tokens along
 the bottom, on one colour scale. Figures are drawn on matplotlib's Agg canvas (no display, no pyplot state), so

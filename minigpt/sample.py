@@ -3,14 +3,12 @@
     minigpt sample                                   # the newest run under runs/: best.ckpt, else last.ckpt
     minigpt sample --ckpt runs/x/checkpoints/last.ckpt --prompt "ROMEO:" --num-samples 3
     minigpt sample --init-from gpt2 --prompt "Hello, I'm a language model," --top-p 0.9
-    minigpt sample --prompt "def f(x):" --attention-map maps.png  # maps-layer0.png, ...: no text generated
-    minigpt sample --prompt "def f(x):" --attention-map maps.html  # the interactive explorer page
     minigpt sample --prompt-file prompts.txt --each-line --temperature 0  # one prompt per line, in input order
 
 (`python sample.py ...` in a checkout is the same command.)
 
 The tokenizer and model shape come from the checkpoint. Prompts may not contain special tokens; an empty prompt
-starts from <|endoftext|>.
+starts from <|endoftext|>. (`minigpt attention` draws a prompt's attention instead.)
 """
 
 import argparse
@@ -18,19 +16,14 @@ import random
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import tiktoken
 import torch
 
-from minigpt.checkpoint import GPT2_NAMES, find_checkpoint, load_checkpoint, load_gpt2
+from minigpt.checkpoint import GPT2_NAMES, load_model
 from minigpt.errors import OneLineParseErrors, UserError, print_error
-from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
-from minigpt.inspect import pattern_scores, probe_attention
 from minigpt.linear import INPUT_MAJOR_ROWS, store_input_major
-from minigpt.model import GPT
-from minigpt.plots import crop_to_block, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,12 +34,23 @@ class OneLineErrorParser(OneLineParseErrors, argparse.ArgumentParser):
     pass
 
 
-def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
-    parser = OneLineErrorParser(prog=prog, description=__doc__.split("\n")[0])
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Where the model comes from: --ckpt, --init-from, or the newest run under --runs-dir (`load_model`)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--ckpt", help="checkpoint file (default: the newest run's best.ckpt, else last.ckpt)")
     source.add_argument("--init-from", choices=GPT2_NAMES, help="OpenAI's GPT-2 weights (needs transformers)")
     parser.add_argument("--runs-dir", default="runs", help="where training writes its runs (default: runs)")
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Where the model runs, and in which dtype (`pick_device_and_dtype`)."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on a GPU that has it, else float32")
+
+
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = OneLineErrorParser(prog=prog, description=__doc__.split("\n")[0])
+    add_model_options(parser)
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", help="text to continue (default: empty, start a new document)")
     prompt.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
@@ -68,17 +72,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         default=True,
         help="end a sample at <|endoftext|> (default: yes)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on a GPU that has it, else float32")
+    add_device_options(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, fast steps)")
-    parser.add_argument(
-        "--attention-map",
-        metavar="OUT.png|OUT.html",
-        help="instead of generating, draw the prompt's attention: one PNG per layer, OUT-layer0.png, "
-        "OUT-layer1.png, ... (a grid of the layer's heads), or, for OUT.html, the interactive explorer page; "
-        "and print each head's entropy, shares of attention on the previous and first token, and previous-token, "
-        "duplicate-token and induction scores",
-    )
     return parser.parse_args(argv)
 
 
@@ -102,8 +97,8 @@ def read_prompts(args: argparse.Namespace) -> list[tuple[str | None, str]]:
     text = read_prompt(args)
     if not args.each_line:
         return [(None, text)]
-    if args.prompt_file is None or args.attention_map is not None:
-        raise UserError("--each-line takes one prompt per line of --prompt-file FILE, and no --attention-map")
+    if args.prompt_file is None:
+        raise UserError("--each-line takes one prompt per line of --prompt-file FILE")
     lines = enumerate(text.split("\n"), start=1)
     return [(f"line {n} of {args.prompt_file}", line.removesuffix("\r")) for n, line in lines if line.strip()]
 
@@ -129,7 +124,7 @@ def pick_device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch
         raise UserError(f"--device {args.device!r} is not a torch device: try cpu or cuda") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if device.type not in available:
-        raise UserError(f"--device {args.device}: sample on cpu, cuda or mps")
+        raise UserError(f"--device {args.device}: run on cpu, cuda or mps")
     if not available[device.type]:
         raise UserError(f"--device {args.device}: no {device.type.upper()} device here; use --device cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -138,14 +133,6 @@ def pick_device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, torch
         return device, DTYPES[args.dtype]
     gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return device, torch.bfloat16 if gpu_bf16 else torch.float32
-
-
-def load_model(args: argparse.Namespace) -> tuple[GPT, str, str]:
-    """(model, tokenizer name, where it came from)."""
-    if args.init_from is not None:
-        return *load_gpt2(args.init_from), args.init_from
-    path = args.ckpt or find_checkpoint(args.runs_dir)
-    return *load_checkpoint(path), str(path)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -159,14 +146,11 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--seed {args.seed} must lie in [0, 2**63)")
     prompts = read_prompts(args)
     device, dtype = pick_device_and_dtype(args)
-    model, tokenizer_name, source = load_model(args)
+    model, tokenizer_name, source = load_model(args.ckpt, args.init_from, args.runs_dir)
     enc = get_tokenizer(tokenizer_name)
     all_ids = [prompt_ids(enc, text, where, model.config.vocab_size) for where, text in prompts]
-    prompt, ids = prompts[0][1], all_ids[0]  # the prompt, when there is one
+    prompt = prompts[0][1]  # the prompt, when there is one
     model.to(device=device, dtype=dtype)
-    if args.attention_map is not None:
-        write_attention_maps(model, enc, ids, Path(args.attention_map), source)
-        return
     rows = [ids for ids in all_ids for _ in range(args.num_samples)]  # each prompt num_samples times
     # The batches generation will run: one of all the rows, or with --each-line one per prompt length.
     batch_sizes = Counter(map(len, rows)).values() if args.each_line else [args.num_samples]
@@ -219,39 +203,6 @@ def report_speed(n_new: int, seconds: float, source: str, device: torch.device, 
         f"{n_new} tokens in {seconds:.2f} s ({n_new / seconds:.1f} tokens/s) from {source} on {device}, seed {seed}",
         file=sys.stderr,
     )
-
-
-def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out: Path, source: str) -> None:
-    """--attention-map: the prompt's attention figures, out-layer<L>.png, or its explorer page (out.html), and a
-    table of per-head summaries."""
-    if out.suffix.lower() not in (".png", ".html"):
-        raise UserError(
-            f"--attention-map {out}: name a .png file (layer L goes to {out.stem}-layer<L>.png) "
-            "or an .html file (the explorer page)"
-        )
-    if len(ids) < 2:
-        raise UserError("--attention-map needs a prompt of at least 2 tokens: pass --prompt TEXT")
-    ids, cropped = crop_to_block(ids, model.config.block_size)
-    if cropped:
-        print(f"note: the prompt is {cropped}", file=sys.stderr)
-    note = ", ".join(filter(None, [source, cropped and f"prompt {cropped}"]))
-    weights = probe_attention(model, ids)
-    summaries = layer_head_summaries(weights)  # entropy, prev_token, first_token: (n_layer, nh) each
-    scores = pattern_scores(weights, torch.tensor(ids))  # previous_token, duplicate_token, induction: (n_layer, nh)
-    if out.suffix.lower() == ".html":
-        header = {"model": describe_model(model.config), "source": note}
-        paths = [write_explorer(out, weights, token_texts(enc, ids), head_labels(scores, summaries), header)]
-    else:
-        paths = save_layer_maps(
-            weights, token_labels(enc, ids), lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note
-        )
-    columns = {**summaries, **scores}
-    print(f"{'layer':>5} {'head':>4}", *(f"{name:>15}" for name in columns))
-    table = torch.stack([values.cpu() for values in columns.values()], dim=-1)  # (n_layer, nh, 6)
-    for layer, heads in enumerate(table.tolist()):
-        for head, values in enumerate(heads):
-            print(f"{layer:>5} {head:>4}", *(f"{value:>15.3f}" for value in values))
-    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -1,6 +1,6 @@
 """Regenerate docs/attention-explorer.png, the README's screenshot of the attention explorer.
 
-The page `sample.py --attention-map page.html` writes for a trained default run reading a small Python function,
+The page `minigpt attention --out page.html` writes for a trained default run reading a small Python function,
 opened in headless Chromium (offline, as the browser tests open it) with two heads enlarged and one token pinned in
 the token view:
 
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.browser, the browser the tests drive
 
-from minigpt.sample import main as sample  # noqa: E402
+from minigpt.maps import main as attention  # noqa: E402
 from tests.browser import chromium, missing  # noqa: E402
 
 PROMPT = "def f(x):\n    if x:\n        return x\n    return 0\n\ndef g(items):\n    for item in items:\n"
@@ -45,7 +45,7 @@ def main() -> int:
 
         page = Path(tmp) / "explorer.html"
         with contextlib.redirect_stdout(io.StringIO()):  # the head table it prints
-            code = sample(["--ckpt", args.ckpt, "--prompt", PROMPT, "--attention-map", str(page)])
+            code = attention(["--ckpt", args.ckpt, "--prompt", PROMPT, "--out", str(page)])
         if code != 0:
             return code
         browser.get(page.as_uri())

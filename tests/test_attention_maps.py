@@ -1,4 +1,7 @@
-"""Attention maps: the drawing function's checks and sizes, the training callback (W&B offline, CSV), sample.py."""
+"""Attention maps: the drawing function's checks and sizes, the training callback (W&B offline, CSV).
+
+(`minigpt attention`, which draws them for a prompt, is tested in tests/test_attention_command.py.)
+"""
 
 import csv
 import json
@@ -16,13 +19,11 @@ from minigpt.checkpoint import load_checkpoint
 from minigpt.data import TextDataModule
 from minigpt.explorer import token_texts
 from minigpt.inspect import SCORES, head_scores
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT
 from minigpt.module import ModelOptions
 from minigpt.plots import MAX_DRAWN_TOKENS, draw_layer, figure_pixels, head_summaries, token_labels
 from minigpt.tokenizer import get_tokenizer
 from tests.explorer_pages import page_data
-from tests.skips import gpt2_or_skip
-from tests.test_sample import run_main, sample, write_checkpoint
 from tests.test_train import one_error_line, train
 from tests.wandb_records import config_and_history
 
@@ -255,89 +256,3 @@ def test_without_wandb_a_text_probe_is_cropped_and_drawn_at_the_end_with_csv_sca
     rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row["attention/layer0.head1/prev_token"]]
     assert [row["step"] for row in rows] == ["6"]
     assert all(rows[0][f"attention/layer0.head{h}/{name}"] for h in (0, 1) for name in SUMMARIES)
-
-
-# --- sample.py --attention-map ---------------------------------------------------------------------------
-def test_sample_writes_one_map_per_layer_for_a_prompt_and_generates_nothing(tmp_path, capsys):
-    ckpt = tmp_path / "runs" / "a" / "checkpoints" / "best.ckpt"
-    model = write_checkpoint(ckpt)  # 2 layers, 2 heads, block_size 32, bytes
-    out = tmp_path / "maps" / "attn.png"
-    prompt = "def f(x):\n    return x"
-    code, stdout, err = run_main(capsys, "--ckpt", str(ckpt), "--prompt", prompt, "--attention-map", str(out))
-    assert code == 0 and err.startswith(f"wrote {tmp_path}/maps/attn-layer0.png, ")
-    size = expected_size(2, token_labels(BYTES, BYTES.encode_ordinary(prompt)))
-    assert [png_size(tmp_path / "maps" / f"attn-layer{layer}.png") for layer in (0, 1)] == [size, size]
-    table = stdout.splitlines()
-    assert table[0].split() == ["layer", "head", *SUMMARIES, *SCORES] and len(table) == 1 + 2 * 2  # no text
-    # Beside the summaries, the prompt's head scores.
-    scores = head_scores(model, torch.tensor(BYTES.encode_ordinary(prompt)))
-    for line in table[1:]:
-        layer, head, *values = line.split()
-        printed = [float(value) for value in values[len(SUMMARIES) :]]
-        assert printed == pytest.approx([scores[name][int(layer), int(head)].item() for name in SCORES], abs=5e-4)
-
-
-def test_sample_maps_gpt2_with_its_bpe_tokens(tmp_path, capsys, monkeypatch):
-    gpt2 = gpt2_or_skip()
-    config = GPTConfig(vocab_size=50257, block_size=8, n_layer=1, n_head=4, n_embd=16)
-    monkeypatch.setattr(sample, "load_gpt2", lambda name: (GPT(config).eval(), "gpt2"))  # no weights offline
-    prompt = "Hello, I'm a language model, and I like attention"  # 12 GPT-2 tokens, block_size 8
-    code, _, err = run_main(
-        capsys, "--init-from", "gpt2", "--prompt", prompt, "--attention-map", str(tmp_path / "g.png")
-    )
-    assert code == 0 and "cropped from 12 to block_size=8 tokens" in err
-    labels = token_labels(gpt2, gpt2.encode_ordinary(prompt)[:8])
-    assert labels[:3] == ["Hello", ",", "␣I"]
-    assert png_size(tmp_path / "g-layer0.png") == expected_size(4, labels)
-
-
-def test_sample_writes_the_explorer_page_for_an_html_name(tmp_path, capsys):
-    ckpt = tmp_path / "m.ckpt"
-    write_checkpoint(ckpt)  # 2 layers, 2 heads, block_size 32, bytes
-    out = tmp_path / "maps" / "attn.html"
-    code, stdout, err = run_main(
-        capsys, "--ckpt", str(ckpt), "--prompt", "def f(x):\n    return x", "--attention-map", str(out)
-    )
-    assert code == 0 and err == f"wrote {out}\n" and not list(tmp_path.glob("maps/*.png"))
-    page = page_data(out.read_text())
-    assert (page["n_layer"], page["n_head"], page["T"]) == (2, 2, 22)
-    assert dict(page["header"]) == {
-        "model": "2 layers × 2 heads, 32 wide, block 32, vocab 257",
-        "source": str(ckpt),
-        "tokens": "22",
-    }
-    assert [s["name"] for s in page["scores"]] == [*SCORES, "entropy", "first_token"]
-    assert len(stdout.splitlines()) == 1 + 2 * 2  # the table of head summaries, and no generated text
-
-
-def test_sample_writes_a_gpt2_small_shaped_explorer_within_its_size(tmp_path, capsys, monkeypatch):
-    gpt2 = gpt2_or_skip()
-    config = GPTConfig(vocab_size=50257, block_size=96, n_layer=12, n_head=12, n_embd=12)  # GPT-2 small's heads
-    monkeypatch.setattr(sample, "load_gpt2", lambda name: (GPT(config).eval(), "gpt2"))  # no weights offline
-    prompt = "The cat sat on the mat because it was tired. " * 8  # 89 GPT-2 tokens: the page shows 64
-    out = tmp_path / "gpt2.html"
-    assert run_main(capsys, "--init-from", "gpt2", "--prompt", prompt, "--attention-map", str(out))[0] == 0
-    page = page_data(out.read_text())
-    assert (page["n_layer"], page["n_head"], page["T"]) == (12, 12, 64)
-    assert [t["text"] for t in page["tokens"][:3]] == ["The", " cat", " sat"]
-    assert dict(page["header"])["tokens"] == f"the first 64 of {len(gpt2.encode_ordinary(prompt))}"
-    assert out.stat().st_size <= 1_500_000
-
-
-@pytest.mark.parametrize(
-    "argv,message",
-    [
-        (["--prompt", ""], "--attention-map needs a prompt of at least 2 tokens"),
-        (
-            ["--prompt", "ab", "--attention-map", "{tmp}/map.jpg"],
-            "name a .png file (layer L goes to map-layer<L>.png) or an .html file (the explorer page)",
-        ),
-    ],
-)
-def test_sample_bad_map_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
-    write_checkpoint(tmp_path / "m.ckpt")
-    argv = [a.format(tmp=tmp_path) for a in argv]
-    if "--attention-map" not in argv:
-        argv += ["--attention-map", str(tmp_path / "map.png")]
-    code, out, err = run_main(capsys, "--ckpt", str(tmp_path / "m.ckpt"), *argv)
-    assert code == 2 and out == "" and err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -91,7 +91,7 @@ def test_cpu_smoke_writes_every_number_to_out(smoke):
     for expected in ("resumed from last.ckpt", "attention maps drawn at every validation", "compile on",
                      "precision bf16-mixed", "AdamW fused", "gradient clipping on",
                      "sample.py bf16 --compile: exit 0, tokens made on cpu",
-                     "sample.py --attention-map: exit 0, PNGs, finite head scores"):  # fmt: skip
+                     "minigpt attention: exit 0, PNGs, finite head scores"):  # fmt: skip
         assert expected in checks, checks
     assert (out / "gpu_check.csv").read_text().count("\n") > 20
 

@@ -79,7 +79,7 @@ def test_the_wheel_holds_the_package_its_configs_its_license_and_py_typed(instal
 
 
 @pytest.mark.slow
-def test_installed_command_trains_samples_and_prepares_outside_the_checkout(installed, tmp_path):
+def test_installed_command_trains_samples_draws_and_prepares_outside_the_checkout(installed, tmp_path):
     _, bin_dir, env = installed
     code = (
         "import minigpt, importlib.resources as r; print(minigpt.__file__, r.files('minigpt.configs') / 'default.yaml')"
@@ -96,6 +96,11 @@ def test_installed_command_trains_samples_and_prepares_outside_the_checkout(inst
     sampled = run([str(bin_dir / "minigpt"), "sample", "--ckpt", str(ckpt), "--prompt", "def", "--max-new-tokens", "8",
                    "--seed", "0"], tmp_path, env)  # fmt: skip
     assert sampled.stdout.startswith("def") and "8 tokens in" in sampled.stderr
+    # The explorer page is built from its template, style and script, read from the installed package.
+    drawn = run([str(bin_dir / "minigpt"), "attention", "--ckpt", str(ckpt), "--prompt", "def f", "--out",
+                 "maps/page.html"], tmp_path, env)  # fmt: skip
+    page = (tmp_path / "maps" / "page.html").read_text()
+    assert "wrote maps/page.html" in drawn.stderr and "<h1>attention explorer</h1>" in page
 
     # python -m minigpt, and a shipped config named without a path (the default one's data, prepared elsewhere).
     prepared = run([str(bin_dir / "python"), "-m", "minigpt", "prepare", "--config", "default", "--data.data_dir",

@@ -136,7 +136,6 @@ def test_each_line_generates_every_prompt_and_prints_them_in_input_order(tmp_pat
     [
         (["a", "b<|endoftext|>"], [], "line 2 of {file}: the prompt contains the special token <|endoftext|>"),
         (["", " ", ""], [], "prompt file {file} is empty"),
-        (["a"], ["--attention-map", "{tmp}/maps.png"], "--each-line takes one prompt per line of --prompt-file FILE"),
         (None, ["--prompt", "a"], "--each-line takes one prompt per line of --prompt-file FILE"),
     ],
 )

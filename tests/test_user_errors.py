@@ -133,10 +133,11 @@ SAMPLE_MISTAKES = [
     (["--seed", "-1"], "--seed -1 must lie in [0, 2**63)"),
     (["--device", "cuda"], "--device cuda: no CUDA device here; use --device cpu"),
     (["--device", "tpu"], "--device 'tpu' is not a torch device"),
-    (["--device", "meta"], "--device meta: sample on cpu, cuda or mps"),
+    (["--device", "meta"], "--device meta: run on cpu, cuda or mps"),
     (["--prompt-file", "nowhere.txt"], "prompt file nowhere.txt cannot be read: No such file or directory"),
     (["--init-from", "gpt3"], "argument --init-from: invalid choice: 'gpt3'"),
     (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+    (["--attention-map", "maps.png"], "unrecognized arguments: --attention-map maps.png"),  # `minigpt attention`
 ]
 
 
@@ -150,11 +151,35 @@ def test_sample_mistake_is_one_line_and_exit_2(in_tmp, capsys, args, message):
     assert code == 2 and out == "" and message in error_line(err) and err.count("\n") == 1, err
 
 
+# (arguments after --ckpt model.ckpt, the start of the message). a_file is a file in the folder the command runs in.
+ATTENTION_MISTAKES = [
+    (["--prompt", "ab", "--out", "maps.jpg"], "--out maps.jpg: name a .png file (layer L goes to maps-layer<L>.png)"),
+    (["--prompt", "ab", "--out", "a_file/maps.png"], "--out a_file/maps.png: its folder a_file cannot be made"),
+    (["--prompt", "ab", "--out", "a_file/maps/maps.html"], "a_file is a file: pick another path"),
+    (["--prompt", "a", "--out", "maps.png"], "attention maps need a prompt of at least 2 tokens"),
+    (["--prompt", "ab", "--out", "maps.png", "--device", "meta"], "--device meta: run on cpu, cuda or mps"),
+    (["--prompt-file", "nowhere.txt", "--out", "maps.png"], "prompt file nowhere.txt cannot be read"),
+    (["--prompt", "ab"], "the following arguments are required: --out"),
+]
+
+
+@pytest.mark.parametrize("args,message", ATTENTION_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_attention_mistake_is_one_line_exit_2_and_nothing_written(in_tmp, capsys, args, message):
+    write_checkpoint(in_tmp / "model.ckpt")
+    before = sorted(in_tmp.rglob("*"))
+    try:
+        code, out, err = run(capsys, "attention", "--ckpt", "model.ckpt", *args)
+    except SystemExit as e:  # argparse's errors exit from inside main
+        code, (out, err) = e.code, capsys.readouterr()
+    assert code == 2 and out == "" and message in error_line(err) and err.count("\n") == 1, err
+    assert sorted(in_tmp.rglob("*")) == before  # no folder, no PNG, no page
+
+
 def test_unknown_command_is_one_line_and_exit_2(capsys):
     assert minigpt(["fit"]) == 2
     assert (
         capsys.readouterr().err
-        == "error: unknown command 'fit': use one of train, sample, prepare (see minigpt --help)\n"
+        == "error: unknown command 'fit': use one of train, sample, attention, prepare (see minigpt --help)\n"
     )
 
 
