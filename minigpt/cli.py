@@ -28,7 +28,7 @@ from minigpt.callbacks import AttentionMaps, PrintProgress, SaveLastOnInterrupt
 from minigpt.checkpoint import load_checkpoint
 from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.console import ModelSummaryTable, StepProgressBar, quiet_lightning, report
-from minigpt.data import TextDataModule
+from minigpt.data import DataConfig, TextDataModule
 from minigpt.errors import OneLineParseErrors, UserError, print_error
 from minigpt.generate import encode_prompt
 from minigpt.logger import make_logger
@@ -88,15 +88,15 @@ class MiniGPTCLI(LightningCLI):
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Lightning's core groups, with `--model.*` from `ModelOptions` (the fields of GPTConfig, OptimizerConfig and
-        CompileConfig, flat) rather than from GPTModule's signature; `instantiate_classes` builds the module."""
+        CompileConfig, flat) and `--data.*` from `DataConfig`; `instantiate_classes` builds the modules from them."""
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({f"trainer.{key}": value for key, value in self.trainer_defaults.items()})
         parser.add_class_arguments(ModelOptions, "model", sub_configs=True)
-        parser.add_lightning_class_args(self.datamodule_class, "data")
+        parser.add_class_arguments(DataConfig, "data", sub_configs=True)
 
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)
-        self.datamodule = self._get(self.config_init, "data")
+        self.datamodule = TextDataModule(self._get(self.config_init, "data"))
         options = self._get(self.config_init, "model")
         # The GPT is built in this machine's memory; training's whole need is checked on its device (check_settings).
         check_model_fits(options, torch.device("cpu"), WEIGHT_BYTES, "its weights")
@@ -342,11 +342,7 @@ def check_settings(cli: MiniGPTCLI) -> None:
     interval = trainer.val_check_interval  # Lightning refuses a fraction of an epoch itself (the stream is endless)
     if isinstance(interval, int) and interval < 1:
         raise UserError(f"trainer.val_check_interval={interval}: give a number of steps >= 1")
-    if cli.datamodule.val_batches < trainer.world_size:
-        raise UserError(
-            f"data.val_batches={cli.datamodule.val_batches} is fewer than the {trainer.world_size} training "
-            f"processes, which share them: set data.val_batches to at least {trainer.world_size}"
-        )
+    cli.datamodule.check_shared_validation(trainer.world_size)
     if trainer.world_size > 1:  # DDP trains from a cache prepared ahead (TextDataModule.check_prepared says why)
         cli.datamodule.check_prepared()
     if cli.config.sample_tokens > 0:

@@ -46,3 +46,11 @@ def check_model_fits(config: GPTConfig, device: torch.device, bytes_per_paramete
     need = n * bytes_per_parameter
     fix = "choose a smaller model.n_layer, model.n_embd or vocabulary"
     check_fits(need, device, f"a model of {n / 1e6:,.0f}M parameters ({what})", fix)
+
+
+def check_generation_fits(config: GPTConfig, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Generating batch sequences of up to length tokens on device: the key/value cache of every layer."""
+    per_token = 2 * config.n_layer * config.n_embd * dtype.itemsize  # keys and values, every layer
+    need = batch * min(length, config.block_size) * per_token
+    fix = "generate fewer samples at once (--num-samples, or fewer prompts of one length with --each-line)"
+    check_fits(need, device, f"the key/value cache of {batch:,} sequences of {length:,} tokens", fix)

@@ -72,7 +72,9 @@ class ModelOptions(CompileConfig, OptimizerConfig, GPTConfig):
     line and the YAML configs name them. Each field is declared once, in its own dataclass; `build` splits them."""
 
     def __post_init__(self):
-        pass  # each part checks its own fields when `build` makes it
+        # Each part's checks, now: the options are refused before anything is built from them.
+        GPTConfig.__post_init__(self)
+        OptimizerConfig.__post_init__(self)
 
     def build(self, tokenizer: str = "bytes") -> "GPTModule":
         def part(cls):

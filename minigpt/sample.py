@@ -24,6 +24,7 @@ from minigpt.checkpoint import GPT2_NAMES, load_model
 from minigpt.errors import OneLineParseErrors, UserError, print_error
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
 from minigpt.linear import INPUT_MAJOR_ROWS, store_input_major
+from minigpt.memory import check_generation_fits
 from minigpt.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -150,10 +151,13 @@ def run(args: argparse.Namespace) -> None:
     enc = get_tokenizer(tokenizer_name)
     all_ids = [prompt_ids(enc, text, where, model.config.vocab_size) for where, text in prompts]
     prompt = prompts[0][1]  # the prompt, when there is one
+    # The batches generation will run: each prompt num_samples times, with --each-line one batch per prompt length.
+    prompts_of_length = Counter(map(len, all_ids)).values() if args.each_line else [1]
+    batch_sizes = [n * args.num_samples for n in prompts_of_length]
+    longest = max(map(len, all_ids)) + args.max_new_tokens
+    check_generation_fits(model.config, max(batch_sizes), longest, dtype, device)
+    rows = [ids for ids in all_ids for _ in range(args.num_samples)]
     model.to(device=device, dtype=dtype)
-    rows = [ids for ids in all_ids for _ in range(args.num_samples)]  # each prompt num_samples times
-    # The batches generation will run: one of all the rows, or with --each-line one per prompt length.
-    batch_sizes = Counter(map(len, rows)).values() if args.each_line else [args.num_samples]
     if device.type == "cpu" and all(size in INPUT_MAJOR_ROWS for size in batch_sizes):
         store_input_major(model)  # faster products at these batch sizes, the same values (minigpt/linear.py)
     if args.compile:
@@ -169,6 +173,8 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
         for row, sample in enumerate(samples):  # in input order, once all are made
             print(prompts[row // args.num_samples][1] + enc.decode(sample) + SEPARATOR)
+        if stop_token is not None:  # generate_each leaves the stop token out: a shorter sample met it
+            report_stops(enc, [len(sample) if len(sample) < args.max_new_tokens else None for sample in samples])
         report_speed(sum(map(len, samples)), time.perf_counter() - t0, source, device, seed)
         return
     idx = torch.tensor(rows, device=device)  # (num_samples, T): the one prompt num_samples times
@@ -194,8 +200,19 @@ def run(args: argparse.Namespace) -> None:
     else:
         for sample in samples:
             print(prompt + enc.decode([t for t in sample if t != stop_token]) + SEPARATOR)
-
+    if stop_token is not None:
+        report_stops(enc, [sample.index(stop_token) if stop_token in sample else None for sample in samples])
     report_speed(sum(len(sample) for sample in samples), seconds, source, device, seed)
+
+
+def report_stops(enc: tiktoken.Encoding, stopped_after: list[int | None]) -> None:
+    """On stderr, for each sample that ended at <|endoftext|>, after how many tokens: a young model's sample may end
+    at once, and print nothing else."""
+    eot = enc.decode([enc.eot_token])
+    for i, n in enumerate(stopped_after):
+        if n is not None:
+            which = f"sample {i + 1}: " if len(stopped_after) > 1 else ""
+            print(f"{which}stopped at {eot} after {n} tokens", file=sys.stderr)
 
 
 def report_speed(n_new: int, seconds: float, source: str, device: torch.device, seed: int) -> None:

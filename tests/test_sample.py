@@ -192,3 +192,38 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert (
         result.stderr == f"error: checkpoint {tmp_path / 'none.ckpt'} does not exist: pass the path of a .ckpt file\n"
     )
+
+
+def test_a_sample_that_ends_at_endoftext_says_so(tmp_path, capsys):
+    """A young model's first token can be <|endoftext|>: the sample is empty, and stderr says why."""
+    path = tmp_path / "eot.ckpt"
+    write_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    weights = ckpt["state_dict"]
+    direction = torch.zeros(CONFIG.n_embd)
+    direction[0] = 10.0
+    weights["model.transformer.ln_f.weight"].zero_()  # every position's final state is `direction`
+    weights["model.transformer.ln_f.bias"].copy_(direction)
+    weights["model.transformer.wte.weight"][256] = direction  # and its largest logit is <|endoftext|>'s (256)
+    torch.save(ckpt, path)
+    code, out, err = run_main(capsys, "--ckpt", str(path), "--prompt", "ab", "--temperature", "0")
+    assert code == 0 and out == "ab\n"
+    assert "stopped at <|endoftext|> after 0 tokens" in err.splitlines()
+    code, out, err = run_main(capsys, "--ckpt", str(path), "--prompt", "ab", "--temperature", "0", "--num-samples", "2")
+    assert code == 0 and [line for line in err.splitlines() if "stopped" in line] == [
+        "sample 1: stopped at <|endoftext|> after 0 tokens",
+        "sample 2: stopped at <|endoftext|> after 0 tokens",
+    ]
+    (tmp_path / "prompts.txt").write_text("ab\nxyz\n")
+    code, out, err = run_main(capsys, "--ckpt", str(path), "--prompt-file", str(tmp_path / "prompts.txt"),
+                              "--each-line", "--temperature", "0")  # fmt: skip
+    assert code == 0 and sum("stopped at <|endoftext|> after 0 tokens" in line for line in err.splitlines()) == 2
+    code, out, err = run_main(capsys, "--ckpt", str(path), "--prompt", "ab", "--temperature", "0", "--no-stop-at-eot")
+    assert code == 0 and "stopped" not in err
+
+
+def test_more_samples_than_memory_holds_is_one_line_before_the_cache_is_allocated(ckpt, capsys):
+    code, out, err = run_main(capsys, "--ckpt", str(ckpt), "--num-samples", str(10**9), "--max-new-tokens", "5")
+    assert code == 2 and out == ""
+    assert err.startswith("error: the key/value cache of 1,000,000,000 sequences of 6 tokens needs ")
+    assert "generate fewer samples at once (--num-samples" in err and len(err.splitlines()) == 1

@@ -7,8 +7,17 @@ with a fingerprinted `meta.json`; `windows` cuts batches of windows out of them;
 """
 
 from minigpt.data.cache import TokenCache
-from minigpt.data.module import TextDataModule
+from minigpt.data.module import DataConfig, TextDataModule
 from minigpt.data.sources import Source, embedded_corpus
 from minigpt.data.windows import TokenStream, TokenWindows, cut_windows
 
-__all__ = ["Source", "TextDataModule", "TokenCache", "TokenStream", "TokenWindows", "cut_windows", "embedded_corpus"]
+__all__ = [
+    "DataConfig",
+    "Source",
+    "TextDataModule",
+    "TokenCache",
+    "TokenStream",
+    "TokenWindows",
+    "cut_windows",
+    "embedded_corpus",
+]

@@ -2,7 +2,7 @@
 
 import os
 import sys
-from typing import Literal
+from dataclasses import asdict, dataclass, fields
 
 import lightning as L
 import numpy as np
@@ -17,91 +17,93 @@ from minigpt.errors import UserError
 from minigpt.tokenizer import available, get_tokenizer
 
 
-class TextDataModule(L.LightningDataModule):
-    """A text dataset as token memmaps and batches of (x, y) windows of `block_size` tokens.
+@dataclass(frozen=True)
+class DataConfig(Source):
+    """The `--data.*` settings: a text source (`Source`'s fields) and how its tokens become batches of windows.
 
-    Args:
-        source: Where the text comes from: `embedded` (the Python Language Reference that ships with CPython,
-            works offline), `text` (local .txt files or a URL, each file one document) or `hub` (a HuggingFace
-            hub dataset, or a local folder laid out like one).
-        path: For `text`, a .txt file, a folder of them, a glob or a URL; for `hub`, the dataset id or folder.
-        name: The hub dataset's configuration (subset), e.g. `sample-10BT`.
-        split: The hub split to read; validation documents are taken out of it.
-        text_column: The hub column that holds the text.
-        streaming: Read the hub dataset as a stream (with `token_budget`, for sets too big to download).
-        token_budget: Stop reading after the document that brings the token count to this many.
-        val_fraction: The share of documents that validates; a single document (one text file) validates on
-            the last `val_fraction` of its characters, as nanoGPT does.
-        tokenizer: `bytes` (257 byte-level tokens, offline), `gpt2`, or another tiktoken encoding name.
-        block_size: Tokens per training window (the model's context length).
-        batch_size: Windows per batch.
-        seed: Seeds the training windows, together with the DDP rank and the batch number.
-        val_batches: How many fixed batches form the validation set (shared out among DDP processes).
-        num_workers: DataLoader worker processes.
-        num_proc: Processes that tokenize, a pool over batches of rows; None: every core. Any number writes the
-            same shards.
-        data_dir: Root of the token caches, written to `<data_dir>/<dataset_name>/<tokenizer>/`.
-        dataset_name: The cache folder's name; None derives it from the source.
-        tokens_on_device: Copy all the tokens to the training device once and cut the windows there: the loader
-            then passes only where each window starts, so there is no host work or host-to-GPU copy per batch.
-            The batches are the same as without it. For token sets that fit in GPU memory (4 bytes per token),
-            such as Tiny Shakespeare's 1 MB.
+    Each is checked when the config is made, before any download or cache is touched.
     """
 
-    def __init__(
-        self,
-        source: Literal["embedded", "text", "hub"] = "embedded",
-        path: str | None = None,
-        name: str | None = None,
-        split: str = "train",
-        text_column: str = "text",
-        streaming: bool = False,
-        token_budget: int | None = None,
-        val_fraction: float = 0.1,
-        tokenizer: str = "bytes",
-        block_size: int = 256,
-        batch_size: int = 32,
-        seed: int = 1337,
-        val_batches: int = 20,
-        num_workers: int = 0,
-        num_proc: int | None = None,
-        data_dir: str = "data",
-        dataset_name: str | None = None,
-        tokens_on_device: bool = False,
-    ):
+    token_budget: int | None = None
+    """Stop reading after the document that brings the token count to this many."""
+    val_fraction: float = 0.1
+    """The share of documents that validates; a single document (one text file) validates on the last val_fraction
+    of its characters, as nanoGPT does."""
+    tokenizer: str = "bytes"
+    """`bytes` (257 byte-level tokens, offline), `gpt2`, or another tiktoken encoding name."""
+    block_size: int = 256
+    """Tokens per training window (the model's context length)."""
+    batch_size: int = 32
+    """Windows per batch."""
+    seed: int = 1337
+    """Seeds the training windows, together with the DDP rank and the batch number."""
+    val_batches: int = 20
+    """How many fixed batches form the validation set (shared out among DDP processes)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    num_proc: int | None = None
+    """Processes that tokenize, a pool over batches of rows; None: every core. Any number writes the same shards."""
+    data_dir: str = "data"
+    """Root of the token caches, written to `<data_dir>/<dataset_name>/<tokenizer>/`."""
+    dataset_name: str | None = None
+    """The cache folder's name; None derives it from the source."""
+    tokens_on_device: bool = False
+    """Copy all the tokens to the training device once and cut the windows there: the loader then passes only where
+    each window starts, so there is no host work or host-to-GPU copy per batch. The batches are the same as without
+    it. For token sets that fit in GPU memory (4 bytes per token), such as Tiny Shakespeare's 1 MB."""
+
+    def __post_init__(self):
+        if self.source not in ("embedded", "text", "hub"):
+            raise UserError(f"unknown source {self.source!r}; use embedded, text or hub")
+        if self.source != "embedded" and not self.path:
+            raise UserError(f"source {self.source!r} needs a path (a file, folder, glob, URL or hub dataset id)")
+        if self.tokenizer not in available():
+            raise UserError(f"unknown tokenizer {self.tokenizer!r}; available: {', '.join(available())}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction={self.val_fraction} must lie strictly between 0 and 1")
+        if self.val_batches < 1:
+            raise UserError(f"val_batches={self.val_batches} must be at least 1: the validation set needs a batch")
+        for setting, least in (("batch_size", 1), ("num_workers", 0), ("seed", 0)):
+            if getattr(self, setting) < least:
+                raise UserError(f"data.{setting}={getattr(self, setting)} must be >= {least}")
+        for setting in ("token_budget", "num_proc"):
+            if getattr(self, setting) is not None and getattr(self, setting) < 1:
+                raise UserError(f"data.{setting}={getattr(self, setting)} must be >= 1, or unset")
+        if os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
+            raise UserError(f"data.data_dir={self.data_dir!r} is a file: name a folder for the token caches")
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size, which the model's embedding must match."""
+        return get_tokenizer(self.tokenizer).n_vocab
+
+
+SETTINGS = frozenset(field.name for field in fields(DataConfig))
+
+
+class TextDataModule(L.LightningDataModule):
+    """A text dataset as token memmaps and batches of (x, y) windows of `block_size` tokens."""
+
+    def __init__(self, config: DataConfig | None = None, **settings):
+        """config, or DataConfig's fields as keywords (TextDataModule(block_size=16)). Its settings read as the
+        module's attributes (`data.batch_size`), as Lightning's own data modules have them."""
         super().__init__()
-        # Fail on arguments now, before any download; the tokenizer itself loads only when first needed.
-        if source not in ("embedded", "text", "hub"):
-            raise UserError(f"unknown source {source!r}; use embedded, text or hub")
-        if source != "embedded" and not path:
-            raise UserError(f"source {source!r} needs a path (a file, folder, glob, URL or hub dataset id)")
-        if tokenizer not in available():
-            raise UserError(f"unknown tokenizer {tokenizer!r}; available: {', '.join(available())}")
-        if not 0 < val_fraction < 1:
-            raise UserError(f"val_fraction={val_fraction} must lie strictly between 0 and 1")
-        if val_batches < 1:
-            raise UserError(f"val_batches={val_batches} must be at least 1: the validation set needs a batch")
-        least_values = (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0))
-        for setting, value, least in least_values:
-            if value < least:
-                raise UserError(f"data.{setting}={value} must be >= {least}")
-        for setting, value in (("token_budget", token_budget), ("num_proc", num_proc)):
-            if value is not None and value < 1:
-                raise UserError(f"data.{setting}={value} must be >= 1, or unset")
-        if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-            raise UserError(f"data.data_dir={data_dir!r} is a file: name a folder for the token caches")
-        self.save_hyperparameters()
-        self.source, self.path, self.name, self.split = source, path, name, split
-        self.text_column, self.streaming, self.token_budget = text_column, streaming, token_budget
-        self.val_fraction, self.tokenizer, self.block_size = val_fraction, tokenizer, block_size
-        self.batch_size, self.seed, self.val_batches = batch_size, seed, val_batches
-        self.num_workers, self.num_proc, self.data_dir = num_workers, num_proc, data_dir
-        self.tokens_on_device = tokens_on_device
+        self.config = config if config is not None else DataConfig(**settings)
+        self.save_hyperparameters(asdict(self.config))  # for the logger; the config is what the module reads
         self._device_tokens: dict[str, torch.Tensor] = {}  # split -> its tokens on the device, with tokens_on_device
-        self.source_spec = Source(source, path, name, split, text_column, streaming)
-        self.dataset_name = dataset_name or self.source_spec.default_name()
-        self.cache_dir = os.path.join(data_dir, self.dataset_name, tokenizer)
-        self.cache = TokenCache(self.source_spec, tokenizer, val_fraction, token_budget, num_proc, self.cache_dir)
+        # The tokenizer itself loads only when first needed. The cache's folder name, data.dataset_name or one
+        # derived from the source.
+        self.dataset_name = self.config.dataset_name or self.config.default_name()
+        self.cache_dir = os.path.join(self.config.data_dir, self.dataset_name, self.config.tokenizer)
+        c = self.config  # its source settings are `Source`'s, which the cache reads
+        self.cache = TokenCache(c, c.tokenizer, c.val_fraction, c.token_budget, c.num_proc, self.cache_dir)
+
+    def __getattr__(self, name: str):
+        # Only for names the instance lacks: the settings, read from the one place they are kept.
+        config = self.__dict__.get("config")
+        if config is not None and name in SETTINGS:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def encoding(self) -> tiktoken.Encoding:
@@ -111,7 +113,7 @@ class TextDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         """The tokenizer's vocabulary size, which the model's embedding must match."""
-        return self.encoding.n_vocab
+        return self.config.vocab_size
 
     def prepare_data(self) -> None:
         """Tokenize the source into the cache once; reuse the cache when its meta matches.
@@ -181,12 +183,16 @@ class TextDataModule(L.LightningDataModule):
         """The same `val_batches` batches of evenly spaced windows, every epoch and every run; under DDP each rank
         validates every world-size-th of them (the validation loss is averaged over all of them)."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        self.check_shared_validation(world)
+        return self._loader(self._windows("val", range(rank, self.val_batches, world)))
+
+    def check_shared_validation(self, world: int) -> None:
+        """UserError unless the val_batches can be shared out among world training processes, one at least each."""
         if self.val_batches < world:
             raise UserError(
-                f"val_batches={self.val_batches} is fewer than the {world} training processes, which share them: "
+                f"data.val_batches={self.val_batches} is fewer than the {world} training processes, which share them: "
                 f"set data.val_batches to at least {world}"
             )
-        return self._loader(self._windows("val", range(rank, self.val_batches, world)))
 
     def _windows(self, split: str, batches: range, seed: int | None = None, rank: int = 0) -> TokenWindows:
         return TokenWindows(

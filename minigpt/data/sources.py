@@ -5,8 +5,6 @@ TEXT_CHUNK_CHARS characters, so a file of any size never sits in memory whole. `
 imported only when a source is read: training from a prepared cache needs neither.
 """
 
-from __future__ import annotations
-
 import collections
 import functools
 import glob
@@ -15,7 +13,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -126,14 +124,22 @@ def _text_rows(files: tuple, val: tuple, val_fraction: float, chunk_chars: int) 
 
 @dataclass(frozen=True)
 class Source:
-    """A text source and the settings that say how to read it (the fields of `TextDataModule` of the same names)."""
+    """A text source and the settings that say how to read it (the first `--data.*` settings: `DataConfig`)."""
 
-    source: str = "embedded"
+    source: Literal["embedded", "text", "hub"] = "embedded"
+    """Where the text comes from: `embedded` (the Python Language Reference that ships with CPython, works
+    offline), `text` (local .txt files or a URL, each file one document) or `hub` (a HuggingFace hub dataset, or a
+    local folder laid out like one)."""
     path: str | None = None
+    """For `text`, a .txt file, a folder of them, a glob or a URL; for `hub`, the dataset id or folder."""
     name: str | None = None
+    """The hub dataset's configuration (subset), e.g. `sample-10BT`."""
     split: str = "train"
+    """The hub split to read; validation documents are taken out of it."""
     text_column: str = "text"
+    """The hub column that holds the text."""
     streaming: bool = False
+    """Read the hub dataset as a stream (with `token_budget`, for sets too big to download)."""
 
     @property
     def is_url(self) -> bool:
@@ -185,7 +191,7 @@ class Source:
         except (ConnectionError, FileNotFoundError) as e:  # datasets' OfflineModeIsEnabled included
             raise self.offline_error(e) from None
 
-    def read_text(self, files: list[str], val: np.ndarray, val_fraction: float) -> datasets.Dataset:
+    def read_text(self, files: list[str], val: np.ndarray, val_fraction: float) -> "datasets.Dataset":
         """Text files as rows of pieces of at most TEXT_CHUNK_CHARS characters; file i validates when val[i]."""
         import datasets
         import pyarrow.compute as pc
@@ -208,7 +214,7 @@ class Source:
             print(f"{self.path}: {bad} lines held bytes that are not UTF-8, replaced by U+FFFD")
         return ds
 
-    def read(self) -> datasets.Dataset | datasets.IterableDataset:
+    def read(self) -> "datasets.Dataset | datasets.IterableDataset":
         """The embedded corpus or the hub dataset, one row per document."""
         import datasets
 
