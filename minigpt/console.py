@@ -121,5 +121,5 @@ def report(run_dir: Path, trainer: L.Trainer, module: L.LightningModule, encodin
     # Eager even when training compiled the model: a few hundred tokens cost less than compiling decoding's graphs.
     with trainer.precision_plugin.forward_context(), torch.compiler.set_stance("force_eager"):
         tokens = generate(model, idx, sample_tokens, temperature=0.8, top_k=200, seed=0)
-    print(f"\nsample ({sample_tokens} tokens, temperature 0.8):")
+    print(f"\nsample ({sample_tokens} tokens, temperature 0.8, on {device.type}):")
     print(encoding.decode(tokens[0, idx.size(1) :].tolist()))

@@ -33,7 +33,7 @@ EXPECTED = [
     r"  checkpoint:  runs/r/checkpoints/last.ckpt",
     r"  W&B run:     runs/r/wandb",
     r"",
-    r"sample \(20 tokens, temperature 0.8\):",
+    r"sample \(20 tokens, temperature 0.8, on cpu\):",
 ]
 
 
