@@ -169,13 +169,9 @@ class Built:
     step: Callable[[], None]
     micro_batch: int
     accum: int
-    block_size: int
+    tokens: int  # per optimizer step
     first_s: float  # the first optimizer step, compilation included
     peak_gib: float | None  # GPU memory at its peak beyond what was allocated before it was built; None on a CPU
-
-    @property
-    def tokens(self) -> int:  # per optimizer step
-        return self.micro_batch * self.accum * self.block_size
 
 
 def warmed_step(
@@ -197,7 +193,7 @@ def warmed_step(
     # This variant's own peak: the earlier variants' memory is held constant.
     peak = (torch.cuda.max_memory_allocated(on) - baseline) / 2**30 if cuda else None
     print(f"  {label or variant}: first step {first:.1f} s", flush=True)
-    return Built(step, micro_batch, accum, hparams["block_size"], first, peak)
+    return Built(step, micro_batch, accum, micro_batch * accum * hparams["block_size"], first, peak)
 
 
 def time_steps(built: dict[str, Built], device: torch.device, rounds: int, steps: int) -> dict[str, Timing]:

@@ -5,6 +5,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -104,17 +105,14 @@ def time_interleaved(
     dropped at once, as it would be without the clock.
     """
 
-    def timed(fn: Callable[[], object]) -> Callable[[], float]:
-        def call() -> float:
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            return time.perf_counter() - start
+    def timed(fn: Callable[[], object]) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - start
 
-        return call
-
-    seconds = interleaved({name: timed(fn) for name, fn in fns.items()}, device, repeats, warmup)
+    seconds = interleaved({name: partial(timed, fn) for name, fn in fns.items()}, device, repeats, warmup)
     return {name: Timing(s) for name, s in seconds.items()}
 
 

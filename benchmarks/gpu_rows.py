@@ -15,7 +15,6 @@ import re
 import shutil
 import statistics
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -478,19 +477,12 @@ def step_rows(ctx: Context, result: Result, compiled_levers: bool) -> None:
 def copy_bandwidth(device) -> float:
     """Bytes read plus written per second by a device-to-device copy of 1 GiB (64 MiB on a CPU)."""
     import torch
-    from common import synchronize
+    from common import time_interleaved
 
     n = (64 if device.type == "cpu" else 1024) * 2**20
     src = torch.empty(n, dtype=torch.uint8, device=device).random_()  # not zeros: they can copy faster
     dst = torch.empty_like(src)
-    seconds = []
-    for _ in range(6):
-        synchronize(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return 2 * n / statistics.median(seconds[1:])
+    return 2 * n / time_interleaved({"copy": lambda: dst.copy_(src)}, device, repeats=5, warmup=1)["copy"].median
 
 
 def row_generate(ctx: Context, result: Result) -> None:
@@ -502,7 +494,7 @@ def row_generate(ctx: Context, result: Result) -> None:
     prompt is included; the model is compiled in place as sample.py --compile does.
     """
     import torch
-    from common import synchronize
+    from common import time_interleaved
 
     from minigpt.generate import stream
     from minigpt.model import GPT, GPTConfig
@@ -520,13 +512,9 @@ def row_generate(ctx: Context, result: Result) -> None:
     result.item("copy bandwidth", f"{measured / 1e9:,.0f} GB/s read + written{sheet}",
                 measured_bytes_per_s=measured, datasheet_bytes_per_s=datasheet)  # fmt: skip
 
-    def seconds_of(model, idx) -> float:
-        synchronize(device)
-        start = time.perf_counter()
+    def generate(model, idx) -> None:
         for _ in stream(model, idx, new, temperature=0.8, top_k=200, seed=0):
             pass
-        synchronize(device)
-        return time.perf_counter() - start
 
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -543,13 +531,13 @@ def row_generate(ctx: Context, result: Result) -> None:
                 # (a graph and a compile time no fresh run gets). The model stays compiled in place.
                 torch._dynamo.reset()
             try:
-                first = seconds_of(model, idx)  # compilation included, for the compiled model
-                seconds = min(seconds_of(model, idx) for _ in range(2))
+                # The first call includes compilation, for the compiled model; then the faster of two.
+                first, *then = time_interleaved({label: partial(generate, model, idx)}, device, 3, 0)[label].seconds
             except Exception as e:  # fails this case and the row, not the other cases
                 traceback.print_exc()
                 result.check(f"{label} runs", False, f"{type(e).__name__}: {one_line(e)}")
                 continue
-            rate = batch * new / seconds
+            rate = batch * new / min(then)
             bound = (datasheet or measured) * batch / weight_bytes
             which = "datasheet" if datasheet else "copy measured"
             result.item(
