@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import yaml
-from common import REPO, VOCAB_SIZES, Timing, header, print_table, synchronize, time_interleaved
+from common import REPO, VOCAB_SIZES, Timing, header, interleaved, print_table, synchronize, time_interleaved
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
@@ -246,13 +246,8 @@ def bench_case(name: str, case: Case, args: argparse.Namespace, device: torch.de
     )
     if hf_missing:
         print(f"HF generate: skipped, {hf_missing}")
-    runs: dict[str, list[Run]] = {v: [] for v in variants}
-    for fn in variants.values():
-        fn()  # warm-up: allocator, first-call work, compilation
-    names = list(variants)
-    for r in range(args.rounds):
-        for v in names[r % len(names) :] + names[: r % len(names)]:
-            runs[v].append(variants[v]())
+    # One untimed run each first (allocator, first-call work, compilation); each run times itself.
+    runs: dict[str, list[Run]] = interleaved(variants, device, args.rounds, warmup=1)
     peaks = {}
     for v in variants:
         if v != "minigpt compiled":  # the tracker sees what Python dispatches, not what a compiled graph allocates

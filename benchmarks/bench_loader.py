@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import header, print_table, time_interleaved
+from common import Timing, header, print_table, time_interleaved
 
 from minigpt.data import TextDataModule
 
 TOKENS = 338_025  # Tiny Shakespeare's byte tokens, train and val together
+LOADERS = {"host windows + copy": False, "tokens_on_device": True}  # name: data.tokens_on_device
 
 
 def synthetic_cache(data_dir: Path, vocab: int = 257) -> None:
@@ -54,6 +55,21 @@ def batches(dm: TextDataModule, device: torch.device, n: int):
     return run
 
 
+def time_loaders(
+    data_dir: Path, batch_size: int, block_size: int, device: torch.device, n: int, repeats: int
+) -> dict[str, Timing]:
+    """Both loaders (LOADERS) over the synthetic cache in data_dir, n batches a round each, timed interleaved."""
+    fns = {}
+    for name, on_device in LOADERS.items():
+        dm = TextDataModule(
+            data_dir=str(data_dir), dataset_name="synthetic", block_size=block_size, batch_size=batch_size,
+            tokens_on_device=on_device,
+        )  # fmt: skip
+        dm.setup("fit")  # the device copy of the tokens is made in the first (untimed) warm-up round
+        fns[name] = batches(dm, device, n)
+    return time_interleaved(fns, device, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -70,15 +86,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_cache(Path(tmp))
-        fns = {}
-        for name, on_device in (("host windows + copy", False), ("tokens_on_device", True)):
-            dm = TextDataModule(
-                data_dir=tmp, dataset_name="synthetic", block_size=args.block_size, batch_size=args.batch_size,
-                tokens_on_device=on_device,
-            )  # fmt: skip
-            dm.setup("fit")  # the device copy of the tokens is made in the first (untimed) warm-up round
-            fns[name] = batches(dm, device, args.batches)
-        times = time_interleaved(fns, device, args.repeats)
+        times = time_loaders(Path(tmp), args.batch_size, args.block_size, device, args.batches, args.repeats)
 
     base = times["host windows + copy"].median
     rows = []

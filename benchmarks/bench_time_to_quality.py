@@ -11,6 +11,7 @@ wall time at which the target was first reached. Arguments this script does not 
 """
 
 import argparse
+import contextlib
 import csv
 import os
 import re
@@ -18,9 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from common import REPO, print_table
+# The standard library only at import (common imports torch): gpu_rows.py runs train.py with these helpers before
+# its process imports torch.
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 # A few seconds on a CPU: 2 layers, T=64, batch 4, validation after steps 2 and 4, no compile.
@@ -28,7 +32,8 @@ QUICK_ARGS = [
     "--model.n_layer", "2", "--model.block_size", "64", "--model.compile", "false", "--data.batch_size", "4",
     "--data.val_batches", "1", "--trainer.val_check_interval", "2", "--trainer.num_sanity_val_steps", "0",
 ]  # fmt: skip
-PROGRESS = re.compile(r"^step (\d+)/\d+ .*val loss")  # minigpt.callbacks.PrintProgress, after each validation
+# minigpt.callbacks.PrintProgress, after each validation: the step, max_steps and the val loss.
+PROGRESS = re.compile(r"^step (\d+)/(\d+) \|.* val loss (\S+)")
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
@@ -46,27 +51,69 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     return args, train_args
 
 
-def run_training(command: list[str], env: dict) -> tuple[int, float, dict[int, float]]:
-    """Run train.py, echoing its output; its exit code, wall seconds, and when each validation step was printed."""
+@dataclass
+class Run:
+    returncode: int
+    seconds: float
+    lines: list[tuple[float, str]]  # (seconds since the start, line) of stdout and stderr together
+    interrupted: bool = False  # stopped by SIGINT (Ctrl-C, or gpu_check.py at a row's time budget)
+
+    def tail(self, n: int = 3) -> str:
+        return " / ".join(line for _, line in self.lines[-n:])
+
+    def progress(self) -> list[tuple[float, int, str]]:
+        """(seconds, optimizer steps done, val loss as printed) of each validation's progress line."""
+        return [(t, int(m[1]), m[3]) for t, line in self.lines if (m := PROGRESS.match(line))]
+
+
+def run(command: list[str], env: dict | None = None) -> Run:
+    """Run a command in the repository root, echoing its output, each line timed from the start.
+
+    At a SIGINT (which reaches the command too: train.py then saves last.ckpt and exits) what it printed until then
+    is returned, marked interrupted.
+    """
     start = time.perf_counter()
-    printed_at = {}
-    with subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
+    lines = []
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        errors="replace",
+    )  # fmt: skip
+    try:
         for line in proc.stdout:
+            lines.append((time.perf_counter() - start, line.rstrip("\n")))
             print("  | " + line, end="", flush=True)
-            if match := PROGRESS.match(line):
-                printed_at[int(match.group(1))] = time.perf_counter() - start
-    return proc.returncode, time.perf_counter() - start, printed_at
+        proc.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        return Run(proc.returncode or -2, time.perf_counter() - start, lines, interrupted=True)
+    return Run(proc.returncode, time.perf_counter() - start, lines)
 
 
-def val_losses(metrics_csv: Path) -> list[tuple[int, float]]:
-    """(optimizer steps done, val/loss) per validation. Lightning logs validation at the last batch's index: +1."""
-    with metrics_csv.open() as f:
-        return [(int(row["step"]) + 1, float(row["val/loss"])) for row in csv.DictReader(f) if row.get("val/loss")]
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a train.py run's metrics.csv (the CSV logger's)."""
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def logged(metrics: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) of a metric in metrics.csv. Lightning logs a validation at its last batch's index: the
+    optimizer steps done are step + 1, as the progress line prints them."""
+    shift = 1 if key.startswith("val/") else 0
+    return [(int(row["step"]) + shift, float(row[key])) for row in metrics if row.get(key)]
+
+
+def first_and_best(
+    losses: list[tuple[int, float]], target: float
+) -> tuple[tuple[int, float] | None, tuple[int, float]]:
+    """The first (step, val/loss) at or under the target (None if none), and the best."""
+    first = next(((step, loss) for step, loss in losses if loss <= target), None)
+    return first, min(losses, key=lambda step_loss: step_loss[1])
 
 
 def main() -> None:
+    from common import print_table
+
     args, train_args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(tmp if args.quick else args.runs_dir)
@@ -87,19 +134,22 @@ def main() -> None:
         print(" ".join(command))
         # One thread for the smoke test: a busy machine stalls two threads at every barrier, not one.
         env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.quick else None
-        returncode, wall, printed_at = run_training(command, env)
-        if returncode != 0:
-            sys.exit(f"train.py exited with code {returncode}")
-        losses = val_losses(runs_dir / name / "metrics.csv")
+        done = run(command, env)
+        if done.interrupted:
+            raise KeyboardInterrupt
+        if done.returncode != 0:
+            sys.exit(f"train.py exited with code {done.returncode}")
+        losses = logged(read_metrics(runs_dir / name), "val/loss")
 
-    reached = next(((step, loss) for step, loss in losses if loss <= args.target), None)
-    best_step, best = min(losses, key=lambda s_l: s_l[1])
+    wall, printed_at = done.seconds, {step: t for t, step, _ in done.progress()}
+    reached_at, (best_step, best) = first_and_best(losses, args.target)
     rows = [["whole run", f"{losses[-1][0]}", f"{wall:.1f}", f"{losses[-1][1]:.4f}"]]
     rows.append(["best val/loss", f"{best_step}", f"{printed_at.get(best_step, float('nan')):.1f}", f"{best:.4f}"])
-    if reached:
-        at = printed_at.get(reached[0])
-        rows.append([f"val/loss <= {args.target}", f"{reached[0]}", f"{at:.1f}" if at else "-", f"{reached[1]:.4f}"])
-        summary = f"val/loss <= {args.target} at step {reached[0]}" + (f", {at:.1f} s" if at else "")
+    if reached_at:
+        step, loss = reached_at
+        at = printed_at.get(step)
+        rows.append([f"val/loss <= {args.target}", f"{step}", f"{at:.1f}" if at else "-", f"{loss:.4f}"])
+        summary = f"val/loss <= {args.target} at step {step}" + (f", {at:.1f} s" if at else "")
     else:
         summary = f"val/loss <= {args.target} not reached (best {best:.4f} at step {best_step})"
     print(f"\nwall time from the start of train.py, compilation included ({len(losses)} validations)")

@@ -23,11 +23,12 @@ import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import yaml
-from common import CONFIGS, VOCAB_SIZES, header, mfu_peak, print_table, synchronize, time_interleaved
+from common import CONFIGS, VOCAB_SIZES, Timing, header, mfu_peak, print_table, synchronize, time_interleaved
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minigpt.module import ModelOptions
@@ -78,18 +79,27 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def load_config(name: str, args: argparse.Namespace) -> tuple[dict, int, int, float]:
-    """The `--model.*` options (ModelOptions), the micro-batch, the accumulation and the clipping of a config file."""
+def load_config(
+    name: str, device: str, block_size: int | None = None, micro_batch: int | None = None, accum: int | None = None
+) -> tuple[dict, int, int, float]:
+    """The `--model.*` options (ModelOptions), the micro-batch, the accumulation and the clipping of a config file;
+    the micro-batch and accumulation are the config's on a GPU, small on a CPU, unless given."""
     cfg = yaml.safe_load(CONFIGS[name].read_text())
     trainer, data = cfg["trainer"], cfg["data"]
     hparams = {**cfg["model"], "vocab_size": VOCAB_SIZES[data["tokenizer"]], "compile": False}
     hparams["decay_steps"] = trainer["max_steps"]  # so configure_optimizers needs no Trainer
-    if args.block_size:
-        hparams["block_size"] = args.block_size
-    gpu = args.device.startswith("cuda")
-    micro_batch = args.micro_batch or (data["batch_size"] if gpu else CPU_MICRO_BATCH[name])
-    accum = args.accum or (trainer.get("accumulate_grad_batches", 1) if gpu else 1)
+    if block_size:
+        hparams["block_size"] = block_size
+    gpu = device.startswith("cuda")
+    micro_batch = micro_batch or (data["batch_size"] if gpu else CPU_MICRO_BATCH[name])
+    accum = accum or (trainer.get("accumulate_grad_batches", 1) if gpu else 1)
     return hparams, micro_batch, accum, trainer.get("gradient_clip_val") or 0.0
+
+
+def flops_per_token(hparams: dict) -> float:
+    """nanoGPT's FLOPs per token of the model these `--model.*` options build, without vocabulary padding."""
+    with torch.device("meta"):
+        return ModelOptions(**hparams).build().flops_per_token
 
 
 def token_batches(
@@ -102,10 +112,12 @@ def token_batches(
         yield xy[0].to(device, non_blocking=True), xy[1].to(device, non_blocking=True)  # (B, T) each
 
 
-def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: float, args) -> Callable[[], None]:
+def build_step(
+    variant: str, hparams: dict, micro_batch: int, accum: int, clip: float, *, device: str, precision: str
+) -> Callable[[], None]:
     """A fresh GPT, optimizer and schedule for one variant, and the function that runs one optimizer step."""
     spec = VARIANTS[variant]
-    device = torch.device(args.device)
+    device = torch.device(device)
     vocab = hparams["vocab_size"]
     padding = {"pad_vocab_multiple": spec["pad_vocab"]} if "pad_vocab" in spec else {}
     torch.manual_seed(0)
@@ -129,7 +141,7 @@ def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: 
     # wait for the work queued before it.
     pin = device.type == "cuda" and spec.get("pinned", True)
     batches = token_batches(vocab, micro_batch, hparams["block_size"], device, pin)
-    bf16 = args.precision == "bf16-mixed"
+    bf16 = precision == "bf16-mixed"
     # The backward runs the kernel its forward picked, so the forward alone needs the choice.
     attention = partial(sdpa_kernel, spec["sdpa"]) if "sdpa" in spec else contextlib.nullcontext
 
@@ -150,49 +162,74 @@ def build_step(variant: str, hparams: dict, micro_batch: int, accum: int, clip: 
     return step
 
 
+@dataclass
+class Built:
+    """One variant's optimizer step, built and warmed up."""
+
+    step: Callable[[], None]
+    micro_batch: int
+    accum: int
+    tokens: int  # per optimizer step
+    first_s: float  # the first optimizer step, compilation included
+    peak_gib: float | None  # GPU memory at its peak beyond what was allocated before it was built; None on a CPU
+
+
+def warmed_step(
+    variant: str, hparams: dict, micro_batch: int, accum: int, clip: float, *, device: str, precision: str,
+    warmup: int, label: str | None = None,
+) -> Built:  # fmt: skip
+    """build_step, its first step timed, then warmup - 1 more steps; prints the first step's time under `label`."""
+    on = torch.device(device)
+    synchronize(on)
+    cuda = on.type == "cuda"
+    baseline = torch.cuda.memory_allocated(on) if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(on)
+    step = build_step(variant, hparams, micro_batch, accum, clip, device=device, precision=precision)
+    first = time_interleaved({variant: step}, on, repeats=1, warmup=0)[variant].median
+    for _ in range(warmup - 1):
+        step()
+    synchronize(on)
+    # This variant's own peak: the earlier variants' memory is held constant.
+    peak = (torch.cuda.max_memory_allocated(on) - baseline) / 2**30 if cuda else None
+    print(f"  {label or variant}: first step {first:.1f} s", flush=True)
+    return Built(step, micro_batch, accum, micro_batch * accum * hparams["block_size"], first, peak)
+
+
+def time_steps(built: dict[str, Built], device: torch.device, rounds: int, steps: int) -> dict[str, Timing]:
+    """Time the built variants interleaved, a round of `steps` optimizer steps each (no warm-up: they had theirs)."""
+    fns = {label: (lambda b=b: [b.step() for _ in range(steps)]) for label, b in built.items()}
+    return time_interleaved(fns, device, rounds, warmup=0)
+
+
 def measure(name: str, args: argparse.Namespace, peak: float | None) -> tuple[list[list[str]], list[str]]:
     """Build every variant of one config, warm each up, time them interleaved: table rows and summary parts."""
     device = torch.device(args.device)
-    hparams, micro_batch, accum, clip = load_config(name, args)
-    with torch.device("meta"):
-        flops_per_token = (
-            ModelOptions(**hparams).build().flops_per_token
-        )  # without vocabulary padding (flops_per_token)
+    hparams, micro_batch, accum, clip = load_config(name, args.device, args.block_size, args.micro_batch, args.accum)
+    flops = flops_per_token(hparams)
     T = hparams["block_size"]
     tokens_per_step = accum * micro_batch * T
     # A round long enough to time with a host clock: about 2**20 tokens on a GPU (a few to a hundred steps).
     n_steps = args.steps or (math.ceil(2**20 / tokens_per_step) if device.type == "cuda" else 1)
     print(
-        f"\n{name}: T={T}, micro-batch {micro_batch} x {accum}, {flops_per_token / 1e6:.1f} MFLOP/token, "
+        f"\n{name}: T={T}, micro-batch {micro_batch} x {accum}, {flops / 1e6:.1f} MFLOP/token, "
         f"{n_steps} steps per round"
     )
-
-    rounds, first_step, memory = {}, {}, {}
-    for variant in args.variants:
-        synchronize(device)
-        baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step = build_step(variant, hparams, micro_batch, accum, clip, args)
-        first_step[variant] = time_interleaved({variant: step}, device, repeats=1, warmup=0)[variant].median
-        for _ in range(args.warmup - 1):
-            step()
-        synchronize(device)
-        if device.type == "cuda":  # this variant's own peak: the earlier variants' memory is held constant
-            memory[variant] = (torch.cuda.max_memory_allocated(device) - baseline) / 2**30
-        rounds[variant] = lambda step=step: [step() for _ in range(n_steps)]
-        print(f"  {variant}: first step {first_step[variant]:.1f} s")
-
-    times = time_interleaved(rounds, device, repeats=args.rounds, warmup=0)
+    built = {
+        variant: warmed_step(variant, hparams, micro_batch, accum, clip, device=args.device, precision=args.precision,
+                             warmup=args.warmup)
+        for variant in args.variants
+    }  # fmt: skip
+    times = time_steps(built, device, args.rounds, n_steps)
     base = times[args.variants[0]].median
     rows, summary = [], []
     for variant, t in times.items():
         rate = n_steps * tokens_per_step / t.median
-        mfu = f"{rate * flops_per_token / peak:.1%}" if peak else "-"
-        mem = f"{memory[variant]:.1f}" if variant in memory else "-"
+        mfu = f"{rate * flops / peak:.1%}" if peak else "-"
+        mem = f"{built[variant].peak_gib:.1f}" if built[variant].peak_gib is not None else "-"
         rows.append(
             [name, variant, f"{rate:,.0f}", f"±{t.spread:.0%}", mfu, f"{base / t.median:.2f}x",
-             f"{first_step[variant]:.1f}", mem]
+             f"{built[variant].first_s:.1f}", mem]
         )  # fmt: skip
         summary.append(f"{name} {variant} {rate:,.0f} tok/s" + (f" {mfu} MFU" if peak else ""))
     return rows, summary

@@ -5,6 +5,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -74,27 +75,44 @@ class Timing:
         return f"{self.median * 1e3:.2f} ms ±{self.spread:.0%}"
 
 
-def time_interleaved(
+def interleaved(
     fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
-) -> dict[str, Timing]:
-    """Time each function `repeats` times, one call of each per round, so load changes hit all of them alike.
+) -> dict[str, list]:
+    """Call each function `repeats` times, one call of each per round, so load changes hit all of them alike; what
+    the calls returned, in order.
 
-    The order rotates every round (no function always runs first); the device is synchronized around every call,
-    so a call's time is its whole work. Warm-up calls (compilation, allocator growth, caches) are not timed.
+    The order rotates every round (no function always runs first). Warm-up calls (compilation, allocator growth,
+    caches) come first and are not returned.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     synchronize(device)
     names = list(fns)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    returned: dict[str, list] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            synchronize(device)
-            start = time.perf_counter()
-            fns[name]()
-            synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
+            returned[name].append(fns[name]())
+    return returned
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+) -> dict[str, Timing]:
+    """Time each function `repeats` times, interleaved (`interleaved`), after `warmup` untimed calls of each.
+
+    The device is synchronized around every call, so a call's time is its whole work; what a call returns is
+    dropped at once, as it would be without the clock.
+    """
+
+    def timed(fn: Callable[[], object]) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    seconds = interleaved({name: partial(timed, fn) for name, fn in fns.items()}, device, repeats, warmup)
     return {name: Timing(s) for name, s in seconds.items()}
 
 

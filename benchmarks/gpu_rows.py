@@ -2,27 +2,27 @@
 
 A row writes its numbers to FILE (JSON) as it measures them, so a row stopped at its time budget still reports what
 it had. An exception ends the row with exit code 1 and its message in FILE; so does a failed check. At the top only
-the standard library is imported: the rows import torch and the benchmark modules they use when they run (the rows
-that start train.py and sample.py only once those have exited). With --smoke every row runs at toy sizes on a CPU.
+the standard library is imported, and bench_time_to_quality.py's helpers for train.py runs (the standard library
+too): the rows import torch and the other benchmark modules they use when they run (the rows that start train.py and
+sample.py only once those have exited). With --smoke every row runs at toy sizes on a CPU.
 """
 
 import argparse
-import contextlib
-import csv
 import json
 import math
 import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
+
+from bench_time_to_quality import Run, first_and_best, logged, read_metrics
+from bench_time_to_quality import run as run_timed
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -48,7 +48,6 @@ SMOKE_TRAIN = [arg for key, value in SMOKE_MODEL.items() for arg in (f"--model.{
     "--data.batch_size", "4", "--data.val_batches", "1", "--trainer.num_sanity_val_steps", "0",
     "--trainer.log_every_n_steps", "1", "--trainer.precision", "bf16-mixed", "--model.fused", "true",
 ]  # fmt: skip
-PROGRESS = re.compile(r"^step (\d+)/(\d+) \|.* val loss (\S+)")  # minigpt.callbacks.PrintProgress
 SAMPLED = re.compile(r"^(\d+) tokens in ([\d.]+) s \(([\d.]+) tokens/s\) from .* on (\S+), seed")  # sample.py
 GIB = 2**30
 # Datasheet memory bandwidth, bytes/s, by a word of the device name; the copy measured in the row sits beside it.
@@ -106,40 +105,11 @@ class Result:
         tmp.replace(self.path)
 
 
-@dataclass
-class Run:
-    returncode: int
-    seconds: float
-    lines: list[tuple[float, str]]  # (seconds since the start, line) of stdout and stderr together
-    interrupted: bool = False  # stopped by gpu_check.py at the row's time budget
-
-    def tail(self, n: int = 3) -> str:
-        return " / ".join(line for _, line in self.lines[-n:])
-
-
 def run(command: list[str], env: dict | None = None) -> Run:
-    """Run a command in the repository root, echoing its output, each line timed from the start.
-
-    At the row's time budget gpu_check.py sends SIGINT to the row's processes, this command's included (train.py
-    then saves last.ckpt and exits): what it printed until then is returned, marked interrupted.
-    """
+    """bench_time_to_quality's run of a command, echoed first. At the row's time budget gpu_check.py sends SIGINT to
+    the row's processes, this command's included: what it printed until then comes back, marked interrupted."""
     print("  $ " + " ".join(command), flush=True)
-    start = time.perf_counter()
-    lines = []
-    proc = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        errors="replace",
-    )  # fmt: skip
-    try:
-        for line in proc.stdout:
-            lines.append((time.perf_counter() - start, line.rstrip("\n")))
-            print("  | " + line, end="", flush=True)
-        proc.wait()
-    except KeyboardInterrupt:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        return Run(proc.returncode or -2, time.perf_counter() - start, lines, interrupted=True)
-    return Run(proc.returncode, time.perf_counter() - start, lines)
+    return run_timed(command, env)
 
 
 def stop_if_interrupted(done: Run) -> None:
@@ -201,18 +171,6 @@ def compile_cache_env(folder: Path) -> dict:
     }
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    with (run_dir / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
-def logged(metrics: list[dict], key: str) -> list[tuple[int, float]]:
-    """(step, value) of a metric in metrics.csv. Lightning logs a validation at its last batch's index: the
-    optimizer steps done are step + 1, as the progress line prints them."""
-    shift = 1 if key.startswith("val/") else 0
-    return [(int(row["step"]) + shift, float(row[key])) for row in metrics if row.get(key)]
-
-
 def run_config(run_dir: Path) -> dict:
     """The settings a train.py run ran with (its config.yaml)."""
     import yaml
@@ -230,14 +188,13 @@ def check_losses(result: Result, metrics: list[dict], label: str) -> None:
                  f"{len(losses)} values, last {losses[-1]:.4f}" if losses else "none logged")  # fmt: skip
 
 
-def model_flops_per_token(hparams: dict) -> float:
-    """nanoGPT's FLOPs per token of the model these `--model.*` options build (no vocabulary padding)."""
-    import torch
+@cache
+def baby_flops_per_token() -> float:
+    """nanoGPT's FLOPs per token of the shakespeare_char model (bench_train_step.py's count)."""
+    from bench_train_step import flops_per_token, load_config
 
-    from minigpt.module import ModelOptions
-
-    with torch.device("meta"):
-        return ModelOptions(**hparams).build().flops_per_token
+    hparams, *_ = load_config("baby", "cuda")
+    return flops_per_token(hparams)
 
 
 def ttq_mfu(ctx: Context, rate: float, precision: str = "bf16-mixed") -> float | None:
@@ -246,16 +203,11 @@ def ttq_mfu(ctx: Context, rate: float, precision: str = "bf16-mixed") -> float |
     if not ctx.cuda:  # no peak to divide by: spare the smoke run the imports
         return None
     import torch
-    from bench_train_step import load_config
     from common import mfu_peak
 
     # train.py sets float32 matmuls to "high" (TF32): the column a 32-true run's matmuls get.
     peak = mfu_peak(torch.device(ctx.device), precision, float32_matmul_precision="high")
-    if peak is None:
-        return None
-    config = argparse.Namespace(device=ctx.device, block_size=None, micro_batch=None, accum=None)
-    hparams, *_ = load_config("baby", config)
-    return rate * model_flops_per_token(hparams) / peak
+    return rate * baby_flops_per_token() / peak if peak else None
 
 
 def row_ttq(ctx: Context, result: Result, variant: str) -> None:
@@ -277,8 +229,7 @@ def row_ttq(ctx: Context, result: Result, variant: str) -> None:
         extra += ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2"]
     done = run(train_command(ctx, name, *extra), env=compile_cache_env(cache))
     if done.interrupted:
-        progress = [(t, m[1], m[3]) for t, line in done.lines if (m := PROGRESS.match(line))]
-        if progress:
+        if progress := done.progress():
             t, step, val = progress[-1]
             result.item("stopped at its budget", f"last validation at {t:.1f} s: step {step}, val {val}")
         raise KeyboardInterrupt
@@ -289,12 +240,11 @@ def row_ttq(ctx: Context, result: Result, variant: str) -> None:
     check_losses(result, metrics, "train.py")
     precision = run_precision(run_dir)
 
-    printed_at = {int(m[1]): t for t, line in done.lines if (m := PROGRESS.match(line))}
+    printed_at = {step: t for t, step, _ in done.progress()}
     vals = logged(metrics, "val/loss")
     if not vals:
         raise RowError("no val/loss in metrics.csv")
-    reached = next(((step, loss) for step, loss in vals if loss <= TARGET), None)
-    best_step, best = min(vals, key=lambda step_loss: step_loss[1])
+    reached, (best_step, best) = first_and_best(vals, TARGET)
     last_step = max(step for step, _ in logged(metrics, "train/loss") + vals)
     if reached:
         at = printed_at.get(reached[0])
@@ -448,70 +398,53 @@ def step_rows(ctx: Context, result: Result, compiled_levers: bool) -> None:
     """
     import bench_train_step as bts
     import torch
-    from common import mfu_peak, synchronize, time_interleaved
+    from common import mfu_peak
 
     device = torch.device(ctx.device)
-    args = argparse.Namespace(
-        device=ctx.device, precision="bf16-mixed" if ctx.cuda else "32",
-        block_size=None, micro_batch=2 if ctx.smoke else None, accum=2 if ctx.smoke else None,
-    )  # fmt: skip
-    hparams, micro_batch, accum, clip = bts.load_config("124m", args)
+    precision = "bf16-mixed" if ctx.cuda else "32"
+    small = 2 if ctx.smoke else None
+    hparams, micro_batch, accum, clip = bts.load_config("124m", ctx.device, micro_batch=small, accum=small)
     if ctx.smoke:
         hparams |= SMOKE_MODEL
     T = hparams["block_size"]
-    flops_per_token = model_flops_per_token(hparams)
-    peak = mfu_peak(device, args.precision)
+    flops_per_token = bts.flops_per_token(hparams)
+    peak = mfu_peak(device, precision)
     rounds, warmup = (2, 1) if ctx.smoke else (3, 2)
     unpadded = {"pad_vocab_multiple": 1}
     wider = {"micro_batch": micro_batch * 2, "accum": max(1, accum // 2)}
 
     def build(label: str, variant: str, hp: dict | None = None, micro: int = micro_batch, acc: int = accum):
-        """A variant's step, compiled and warmed up; None (and a failed check) when that fails."""
+        """A variant's step, compiled and warmed up (bench_train_step.py's); None (and a failed check) if that fails."""
         try:
-            synchronize(device)
-            before = torch.cuda.memory_allocated(device) if ctx.cuda else 0
-            if ctx.cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            step = bts.build_step(variant, {**hparams, **(hp or {})}, micro, acc, clip, args)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            first = time.perf_counter() - start
-            for _ in range(warmup - 1):
-                step()
-            synchronize(device)
+            return bts.warmed_step(variant, {**hparams, **(hp or {})}, micro, acc, clip, device=ctx.device,
+                                   precision=precision, warmup=warmup, label=label)  # fmt: skip
         except Exception as e:  # an OOM or a compile error fails this variant, and the row, but not the others
             traceback.print_exc()
             result.check(f"{label} runs", False, f"{type(e).__name__}: {one_line(e)}")
             return None
-        peak_gib = (torch.cuda.max_memory_allocated(device) - before) / GIB if ctx.cuda else None
-        tokens = micro * acc * T
-        n = 1 if ctx.smoke else max(1, math.ceil(2**19 / tokens))  # a round of ~0.5M tokens
-        print(f"  {label}: first step {first:.1f} s", flush=True)
-        return {"round": lambda: [step() for _ in range(n)], "tokens": n * tokens, "first": first, "peak": peak_gib,
-                "micro_batch": micro, "accum": acc}  # fmt: skip
 
-    def timed(group: dict[str, dict], base: str, record: list[str]) -> None:
+    def timed(group: dict, base: str, record: list[str]) -> None:
         """Time the group interleaved; record the named variants, each against the base."""
         group = {label: built for label, built in group.items() if built is not None}
         if base not in group or len(group) < 2:
             return
-        times = time_interleaved({label: built["round"] for label, built in group.items()}, device, rounds, 0)
+        n = 1 if ctx.smoke else max(1, math.ceil(2**19 / group[base].tokens))  # a round of ~0.5M tokens
+        times = bts.time_steps(group, device, rounds, n)
         for label in record:
             if label not in group:
                 continue
             built, t = group[label], times[label]
-            rate = built["tokens"] / t.median
+            rate = n * built.tokens / t.median
             mfu = rate * flops_per_token / peak if peak else None
-            memory = f", {built['peak']:.1f} GiB" if built["peak"] is not None else ""
+            memory = f", {built.peak_gib:.1f} GiB" if built.peak_gib is not None else ""
             speedup = times[base].median / t.median
             versus = f", {speedup:.2f}x {base}" if label != base else ""
             result.item(
                 label,
-                f"{fmt_rate(rate)} tok/s ±{t.spread:.0%}{fmt_mfu(mfu)}{versus}, first step {built['first']:.1f} s"
+                f"{fmt_rate(rate)} tok/s ±{t.spread:.0%}{fmt_mfu(mfu)}{versus}, first step {built.first_s:.1f} s"
                 f"{memory}",
-                tokens_per_s=rate, spread=t.spread, mfu=mfu, first_step_s=built["first"], peak_gib=built["peak"],
-                micro_batch=built["micro_batch"], accum=built["accum"], block_size=T, versus=base, speedup=speedup,
+                tokens_per_s=rate, spread=t.spread, mfu=mfu, first_step_s=built.first_s, peak_gib=built.peak_gib,
+                micro_batch=built.micro_batch, accum=built.accum, block_size=T, versus=base, speedup=speedup,
             )  # fmt: skip
 
     if not compiled_levers:
@@ -544,19 +477,12 @@ def step_rows(ctx: Context, result: Result, compiled_levers: bool) -> None:
 def copy_bandwidth(device) -> float:
     """Bytes read plus written per second by a device-to-device copy of 1 GiB (64 MiB on a CPU)."""
     import torch
-    from common import synchronize
+    from common import time_interleaved
 
     n = (64 if device.type == "cpu" else 1024) * 2**20
     src = torch.empty(n, dtype=torch.uint8, device=device).random_()  # not zeros: they can copy faster
     dst = torch.empty_like(src)
-    seconds = []
-    for _ in range(6):
-        synchronize(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return 2 * n / statistics.median(seconds[1:])
+    return 2 * n / time_interleaved({"copy": lambda: dst.copy_(src)}, device, repeats=5, warmup=1)["copy"].median
 
 
 def row_generate(ctx: Context, result: Result) -> None:
@@ -568,7 +494,7 @@ def row_generate(ctx: Context, result: Result) -> None:
     prompt is included; the model is compiled in place as sample.py --compile does.
     """
     import torch
-    from common import synchronize
+    from common import time_interleaved
 
     from minigpt.generate import stream
     from minigpt.model import GPT, GPTConfig
@@ -586,13 +512,9 @@ def row_generate(ctx: Context, result: Result) -> None:
     result.item("copy bandwidth", f"{measured / 1e9:,.0f} GB/s read + written{sheet}",
                 measured_bytes_per_s=measured, datasheet_bytes_per_s=datasheet)  # fmt: skip
 
-    def seconds_of(model, idx) -> float:
-        synchronize(device)
-        start = time.perf_counter()
+    def generate(model, idx) -> None:
         for _ in stream(model, idx, new, temperature=0.8, top_k=200, seed=0):
             pass
-        synchronize(device)
-        return time.perf_counter() - start
 
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -609,13 +531,13 @@ def row_generate(ctx: Context, result: Result) -> None:
                 # (a graph and a compile time no fresh run gets). The model stays compiled in place.
                 torch._dynamo.reset()
             try:
-                first = seconds_of(model, idx)  # compilation included, for the compiled model
-                seconds = min(seconds_of(model, idx) for _ in range(2))
+                # The first call includes compilation, for the compiled model; then the faster of two.
+                first, *then = time_interleaved({label: partial(generate, model, idx)}, device, 3, 0)[label].seconds
             except Exception as e:  # fails this case and the row, not the other cases
                 traceback.print_exc()
                 result.check(f"{label} runs", False, f"{type(e).__name__}: {one_line(e)}")
                 continue
-            rate = batch * new / seconds
+            rate = batch * new / min(then)
             bound = (datasheet or measured) * batch / weight_bytes
             which = "datasheet" if datasheet else "copy measured"
             result.item(
@@ -660,10 +582,7 @@ def row_loader(ctx: Context, result: Result) -> None:
     import tempfile
 
     import torch
-    from bench_loader import batches, synthetic_cache
-    from common import time_interleaved
-
-    from minigpt.data import TextDataModule
+    from bench_loader import LOADERS, synthetic_cache, time_loaders
 
     device = torch.device(ctx.device)
     shapes = [("baby", 64, 256), ("124m", 16, 1024)]
@@ -671,14 +590,8 @@ def row_loader(ctx: Context, result: Result) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_cache(Path(tmp))
         for label, batch_size, block_size in shapes:
-            fns = {}
-            for name, on_device in (("host", False), ("tokens_on_device", True)):
-                data = TextDataModule(data_dir=tmp, dataset_name="synthetic", block_size=block_size,
-                                      batch_size=batch_size, tokens_on_device=on_device)  # fmt: skip
-                data.setup("fit")
-                fns[name] = batches(data, device, n)
-            times = time_interleaved(fns, device, repeats)
-            host, on_device = (times[name].median / n for name in ("host", "tokens_on_device"))
+            times = time_loaders(Path(tmp), batch_size, block_size, device, n, repeats)
+            host, on_device = (times[name].median / n for name in LOADERS)
             result.item(
                 f"{label} batches {batch_size} x {block_size}",
                 f"host {host * 1e6:.0f} µs, tokens_on_device {on_device * 1e6:.0f} µs per batch: "

@@ -50,3 +50,15 @@ def test_attention_maps_benchmark_quick_prints_every_part_and_the_share():
     parts = ["of which probe and PNGs", "of which head scores", "of which explorer page"]
     assert rows == ["training step", "drawing", *parts, "induction loss"]
     assert lines[-1].startswith("summary: attention maps cost ") and "induction loss at 3 validations" in lines[-1]
+
+
+def test_interleaved_rotates_the_order_every_round_and_returns_what_the_timed_calls_returned():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import common
+    import torch
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name) or f"{name}{len(calls)}") for name in "abc"}
+    returned = common.interleaved(fns, torch.device("cpu"), repeats=3, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"  # the warm-up, then rounds 1 to 3
+    assert returned == {"a": ["a4", "a9", "a11"], "b": ["b5", "b7", "b12"], "c": ["c6", "c8", "c10"]}
