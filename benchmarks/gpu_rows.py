@@ -526,7 +526,7 @@ def row_generate(ctx: Context, result: Result) -> None:
     Each step of a decode reads every weight once, whatever the batch: at B sequences the memory-bandwidth bound is
     bandwidth / weight bytes x B tokens/s (the KV cache's reads come on top). The bound is given for the datasheet
     bandwidth and for a copy measured here. sample.py's sampling (temperature 0.8, top-k 200); the prefill of the
-    prompt is included; the model is compiled in place as sample.py --compile does.
+    prompt is included; decoding is compiled as sample.py --compile compiles it.
     """
     import torch
     from common import synchronize
@@ -547,10 +547,10 @@ def row_generate(ctx: Context, result: Result) -> None:
     result.item("copy bandwidth", f"{measured / 1e9:,.0f} GB/s read + written{sheet}",
                 measured_bytes_per_s=measured, datasheet_bytes_per_s=datasheet)  # fmt: skip
 
-    def seconds_of(model, idx) -> float:
+    def seconds_of(model, idx, decode) -> float:
         synchronize(device)
         start = time.perf_counter()
-        for _ in stream(model, idx, new, temperature=0.8, top_k=200, seed=0):
+        for _ in stream(model, idx, new, temperature=0.8, top_k=200, seed=0, decode=decode):
             pass
         synchronize(device)
         return time.perf_counter() - start
@@ -558,15 +558,14 @@ def row_generate(ctx: Context, result: Result) -> None:
     for compiled in (False, True):
         torch.manual_seed(0)
         model = GPT(config).to(device=device, dtype=torch.bfloat16).eval()
-        if compiled:
-            model.compile()  # in place, as sample.py --compile
+        decode = torch.compile(model.decode) if compiled else model.decode  # as sample.py --compile
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         for batch in (1, 16):
             label = f"{'compiled' if compiled else 'eager'}, batch {batch}"
             idx = torch.randint(0, config.vocab_size, (batch, prompt), device=device)
             try:
-                first = seconds_of(model, idx)  # compilation included, for the compiled model
-                seconds = min(seconds_of(model, idx) for _ in range(2))
+                first = seconds_of(model, idx, decode)  # compilation included, for the compiled model
+                seconds = min(seconds_of(model, idx, decode) for _ in range(2))
             except Exception as e:  # fails this case and the row, not the other cases
                 traceback.print_exc()
                 result.check(f"{label} runs", False, f"{type(e).__name__}: {one_line(e)}")
