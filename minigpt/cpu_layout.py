@@ -58,7 +58,7 @@ def for_cpu_decoding(model: nn.Module, input_major: bool) -> nn.Module:
     column, which costs little next to the product.
     """
     for parent in list(model.modules()):
-        for name, child in parent.named_children():
+        for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:  # not a subclass, which has a product of its own
                 setattr(parent, name, CPULinear.of(child))
     if input_major:

@@ -230,10 +230,10 @@ class GPT(nn.Module):
         cache; returns the logits (B, vocab_size) after the last of them.
 
         The LM head runs at the last position only: all that sampling needs, and for a large vocabulary the head
-        is the biggest matmul of a long prefill. Compile this method for compiled decoding (`torch.compile(
-        model.decode)`); it attends over the cache's first Tk slots, worked out once for all layers (`_cache_keys`).
+        is the biggest matmul of a long prefill. For compiled decoding, compile this method, not the model (whose
+        forward is training's): `torch.compile(model.decode)`.
         """
-        n_keys, mask = self._cache_keys(input_pos)
+        n_keys, mask = self._cache_keys(input_pos)  # once for all layers, not in each
         x = self.embed(idx, input_pos)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, input_pos, mask, n_keys)
