@@ -18,6 +18,7 @@ from common import header, print_table, time_interleaved
 from torch import nn
 
 from minigpt.attention import CausalSelfAttention, causal_mask
+from minigpt.inspect import layer_attention
 
 SIZES = [(8, 256, 384, 6), (8, 1024, 768, 12)]  # (B, T, C, nh)
 QUICK_SIZE = (2, 256, 384, 6)
@@ -61,7 +62,7 @@ def variants(layer: CausalSelfAttention, T: int) -> dict[str, tuple[nn.Module, F
     blocked = ~causal_mask(T, device=layer.c_attn.weight.device)
     return {
         "sdpa": (layer, lambda x: layer(x)),
-        "weights": (layer, lambda x: layer(x, return_weights=True)[0]),
+        "weights": (layer, lambda x: layer_attention(layer, x)[0]),
         "nn.MHA": (mha, lambda x: mha(x, x, x, attn_mask=blocked, need_weights=False, is_causal=True)[0]),
     }
 
@@ -101,7 +102,7 @@ def main() -> None:
         # Correct first: each output against the weights path in float64 on upcast inputs.
         ref_layer = copy.deepcopy(layer).double()
         with torch.no_grad():
-            ref = ref_layer(x.double(), return_weights=True)[0]
+            ref = layer_attention(ref_layer, x.double())[0]
             errors = {name: ((f(x).double() - ref).norm() / ref.norm()).item() for name, (_, f) in runs.items()}
 
         fns = {name: fwd_bwd(module, forward, x, grad_y) for name, (module, forward) in runs.items()}

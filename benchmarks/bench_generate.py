@@ -14,16 +14,17 @@ existed before it (the weights, the prompt); our KV cache's size is printed belo
     python benchmarks/bench_generate.py                                  # CPU: the four cases (tens of minutes)
     python benchmarks/bench_generate.py --cases gpt2-b1 --rounds 9 --threads 1
     python benchmarks/bench_generate.py --quick                          # a tiny model, seconds (CI)
-    python benchmarks/bench_generate.py --linear-rows 1 8 64             # the few-row products (minigpt/linear.py)
+    python benchmarks/bench_generate.py --linear-rows 1 8 64             # the few-row products (minigpt/cpu_layout.py)
     python benchmarks/bench_generate.py --device cuda --dtype bfloat16 --compile --bandwidth-gbs 4800
 
 Cases: `gpt2-b1` and `gpt2-b8` (GPT-2 small's shape, 124M, a 16-token prompt and 128 new tokens at batch 1 and
 8), `default` (the model of configs/default.yaml, 16 + 112 new tokens: its block_size is 128), `long` (GPT-2
 small, a 900-token prompt and 100 new tokens in its 1024-token block), `gpt2-b16` (for GPUs). Without the `hf`
 extra (transformers) the HF row is skipped, with the reason printed, and the weights are our own random init.
-With --compile a `minigpt compiled` row joins: `model.compile()` in place, as `sample.py --compile` does. On the
-CPU our model's weights are stored as sample.py stores them for the case's batch size (`store_input_major` for the
-sizes in `INPUT_MAJOR_ROWS`, minigpt/linear.py); --both-layouts adds a row with nn.Linear's layout.
+With --compile a `minigpt compiled` row joins: `torch.compile(model.decode)`, as `sample.py --compile` does. On the
+CPU our model is transformed as sample.py transforms it for the case's batch size (`for_cpu_decoding`, weights
+input-major for the sizes in `INPUT_MAJOR_ROWS`, minigpt/cpu_layout.py); --both-layouts adds a row with nn.Linear's
+layout.
 """
 
 import argparse
@@ -41,8 +42,8 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from minigpt.checkpoint import gpt_from_hf
+from minigpt.cpu_layout import INPUT_MAJOR_ROWS, for_cpu_decoding
 from minigpt.generate import stream
-from minigpt.linear import INPUT_MAJOR_ROWS, store_input_major
 from minigpt.model import GPT, GPTConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,7 +84,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads, for every row alike (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--compile", action="store_true", help="add a row for model.compile() (in place)")
+    parser.add_argument("--compile", action="store_true", help="add a row for torch.compile(model.decode)")
     parser.add_argument("--compile-mode", help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument(
         "--bandwidth-gbs", type=float, help="memory bandwidth in GB/s, to print the batch-1 bound (H100 SXM: 3350)"
@@ -93,10 +94,10 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         type=int,
         metavar="M",
-        help="instead: time GPT-2 small's linears at M rows each, three ways (see minigpt/linear.py)",
+        help="instead: time GPT-2 small's linears at M rows each, three ways (see minigpt/cpu_layout.py)",
     )
     parser.add_argument(
-        "--both-layouts", action="store_true", help="CPU: add a row with nn.Linear's weight layout (minigpt/linear.py)"
+        "--both-layouts", action="store_true", help="CPU: add a row with nn.Linear's weight layout (cpu_layout.py)"
     )
     parser.add_argument("--quick", action="store_true", help="a tiny model, 3 rounds, one thread (a smoke test)")
     args = parser.parse_args()
@@ -145,11 +146,11 @@ class Run:
     tokens: torch.Tensor  # (B, new)
 
 
-def run_minigpt(model: GPT, idx: torch.Tensor, new: int, use_cache: bool = True) -> Run:
+def run_minigpt(model: GPT, idx: torch.Tensor, new: int, use_cache: bool = True, decode=None) -> Run:
     synchronize(idx.device)
     t0, cpu0 = time.perf_counter(), time.process_time()
     steps = []
-    for step in stream(model, idx, new, temperature=0, use_cache=use_cache):
+    for step in stream(model, idx, new, temperature=0, use_cache=use_cache, decode=decode):
         if not steps:
             synchronize(idx.device)
             first = time.perf_counter() - t0
@@ -221,20 +222,20 @@ def bench_case(name: str, case: Case, args: argparse.Namespace, device: torch.de
     idx = torch.randint(0, case.config.vocab_size, (case.batch, case.prompt), generator=prompt_generator).to(device)
 
     variants = {}
-    if device.type == "cpu" and case.batch in INPUT_MAJOR_ROWS:  # sample.py's layout (minigpt/linear.py)
-        if args.both_layouts:
-            row_major = copy.deepcopy(model)
+    if device.type == "cpu":  # sample.py's transform (minigpt/cpu_layout.py)
+        input_major = case.batch in INPUT_MAJOR_ROWS
+        if args.both_layouts and input_major:
+            row_major = for_cpu_decoding(copy.deepcopy(model), input_major=False)
             variants["minigpt row-major"] = lambda: run_minigpt(row_major, idx, case.new)
-        store_input_major(model)
+        for_cpu_decoding(model, input_major=input_major)
     variants["minigpt"] = lambda: run_minigpt(model, idx, case.new)
     if args.compile:
-        compiled = copy.deepcopy(model)  # the same weights, compiled in place as sample.py --compile does
         # A fresh dynamo first, as in a sample.py process: after an earlier case's compile at another batch size or
         # prompt length, automatic dynamic shapes would recompile this case with symbolic sizes (a graph and a
-        # compile time a fresh run never gets). That case's compiled model is not run again.
+        # compile time a fresh run never gets). That case's compiled decoding is not run again.
         torch._dynamo.reset()
-        compiled.compile(mode=args.compile_mode)
-        variants["minigpt compiled"] = lambda: run_minigpt(compiled, idx, case.new)
+        decode = torch.compile(model.decode, mode=args.compile_mode)  # as sample.py --compile does
+        variants["minigpt compiled"] = lambda: run_minigpt(model, idx, case.new, decode=decode)
     if case.recompute_row:
         variants["minigpt no cache"] = lambda: run_minigpt(model, idx, case.new, use_cache=False)
     if hf_model is not None:
@@ -319,8 +320,9 @@ def kv_cache_bytes_of(model: GPT, idx: torch.Tensor, new: int) -> int:
 
 def bench_linear_rows(rows: list[int], rounds: int, device: torch.device, dtype: torch.dtype) -> None:
     """The matrix products of one decoding step of GPT-2 small at M rows (12 blocks' four linears, the LM head),
-    three ways: x Wᵀ as nn.Linear computes it, (W xᵀ)ᵀ, which `minigpt.linear.Linear` uses for a few rows, and x Wᵀ
-    with W stored (in, out) row-major, as `store_input_major` leaves it. Ratios: over x Wᵀ's time."""
+    three ways: x Wᵀ as nn.Linear computes it, (W xᵀ)ᵀ, which `minigpt.cpu_layout.CPULinear` uses for a few rows, and
+    x Wᵀ with W stored (in, out) row-major, as `for_cpu_decoding(..., input_major=True)` leaves it. Ratios: over x Wᵀ's
+    time."""
     config = GPT2_SMALL
     shapes = [
         (3 * config.n_embd, config.n_embd), (config.n_embd, config.n_embd),  # attention: c_attn, c_proj

@@ -491,7 +491,7 @@ def row_generate(ctx: Context, result: Result) -> None:
     Each step of a decode reads every weight once, whatever the batch: at B sequences the memory-bandwidth bound is
     bandwidth / weight bytes x B tokens/s (the KV cache's reads come on top). The bound is given for the datasheet
     bandwidth and for a copy measured here. sample.py's sampling (temperature 0.8, top-k 200); the prefill of the
-    prompt is included; the model is compiled in place as sample.py --compile does.
+    prompt is included; decoding is compiled as sample.py --compile compiles it.
     """
     import torch
     from common import time_interleaved
@@ -512,15 +512,14 @@ def row_generate(ctx: Context, result: Result) -> None:
     result.item("copy bandwidth", f"{measured / 1e9:,.0f} GB/s read + written{sheet}",
                 measured_bytes_per_s=measured, datasheet_bytes_per_s=datasheet)  # fmt: skip
 
-    def generate(model, idx) -> None:
-        for _ in stream(model, idx, new, temperature=0.8, top_k=200, seed=0):
+    def generate(model, idx, decode) -> None:
+        for _ in stream(model, idx, new, temperature=0.8, top_k=200, seed=0, decode=decode):
             pass
 
     for compiled in (False, True):
         torch.manual_seed(0)
         model = GPT(config).to(device=device, dtype=torch.bfloat16).eval()
-        if compiled:
-            model.compile()  # in place, as sample.py --compile
+        decode = torch.compile(model.decode) if compiled else model.decode  # as sample.py --compile
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         for batch in (1, 16):
             label = f"{'compiled' if compiled else 'eager'}, batch {batch}"
@@ -528,11 +527,12 @@ def row_generate(ctx: Context, result: Result) -> None:
             if compiled:
                 # Each batch size compiles in a fresh dynamo, as in its own sample.py --compile process: after the
                 # graphs of batch 1, automatic dynamic shapes would recompile batch 16's with a symbolic batch size
-                # (a graph and a compile time no fresh run gets). The model stays compiled in place.
+                # (a graph and a compile time no fresh run gets). decode stays wrapped by torch.compile.
                 torch._dynamo.reset()
             try:
                 # The first call includes compilation, for the compiled model; then the faster of two.
-                first, *then = time_interleaved({label: partial(generate, model, idx)}, device, 3, 0)[label].seconds
+                generation = partial(generate, model, idx, decode)
+                first, *then = time_interleaved({label: generation}, device, 3, 0)[label].seconds
             except Exception as e:  # fails this case and the row, not the other cases
                 traceback.print_exc()
                 result.check(f"{label} runs", False, f"{type(e).__name__}: {one_line(e)}")

@@ -1,9 +1,10 @@
 """Causal multi-head self-attention.
 
 `causal_mask` and `scaled_dot_product_attention` are the reference documents' computation written plainly, so
-the attention weights can be looked at; `CausalSelfAttention` is the layer the model uses, which runs PyTorch's
-fused kernel unless the weights are asked for. For generation the layer can hold a `KVCache`: the prompt's keys
-and values are computed once, then each new token attends to them (`cache_mask` says which slots it may see).
+the attention weights can be looked at (`minigpt.inspect` runs the model's layers through it);
+`CausalSelfAttention` is the layer the model uses, which runs PyTorch's fused kernel. For generation the layer can
+hold a `KVCache`: the prompt's keys and values are computed once, then each new token attends to them
+(`cache_mask` says which slots it may see).
 """
 
 import math
@@ -11,8 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from minigpt.linear import Linear
 
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -95,21 +94,35 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = n_embd
         self.n_head = n_head
         self.dropout = dropout
-        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = Linear(n_embd, n_embd, bias=bias)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.kv_cache: KVCache | None = None  # set for generation (GPT.setup_kv_cache)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C), each (B, nh, T, hs)."""
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs): q | k | v in heads
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        return q, k, v
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs y (B, nh, T, hs) side by side, through the output projection: (B, T, C)."""
+        B, nh, T, hs = y.shape
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C): heads side by side again
+        y = self.c_proj(y)
+        # Dropout is the identity in eval mode: the call is skipped there (a module call costs microseconds).
+        return self.resid_dropout(y) if self.training else y
 
     def forward(
         self,
         x: torch.Tensor,
-        return_weights: bool = False,
         input_pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         n_keys: int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, T, C). Returns y (B, T, C), plus the attention weights (B, nh, T, Tk) when return_weights.
+    ) -> torch.Tensor:
+        """x: (B, T, C). Returns y (B, T, C), through PyTorch's fused kernel (`minigpt.inspect.layer_attention`
+        computes the same with the documents' function, and returns the weights too).
 
         Without a cache the keys are x's own (Tk = T), causal unless mask (T, T) says otherwise. With `kv_cache`
         set, input_pos (T,) are the consecutive positions of x's tokens: their keys and values are written there.
@@ -122,33 +135,18 @@ class CausalSelfAttention(nn.Module):
         """
         if (self.kv_cache is None) != (input_pos is None):
             raise ValueError(
-                "input_pos goes with a KV cache: set one (GPT.setup_kv_cache) and pass input_pos, or neither"
+                "input_pos goes with a KV cache: set one (GPT.setup_kv_cache) and decode (GPT.decode), or clear it "
+                "(GPT.clear_kv_cache) for a pass without one"
             )
-        B, T, C = x.shape
-        hs = C // self.n_head
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs)  # (B, T, 3, nh, hs): q | k | v, each in heads
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        q, k, v = self.heads(x)  # (B, nh, T, hs) each
         if self.kv_cache is not None:
             k_cache, v_cache = self.kv_cache.update(input_pos, k, v)  # (B, nh, max_len, hs) each
             if n_keys is not None:
                 k, v = k_cache[:, :, :n_keys], v_cache[:, :, :n_keys]  # (B, nh, Tk, hs) each
-        causal = mask is None and n_keys is None  # the keys are x's own
-        if causal and return_weights:
-            mask = causal_mask(T, device=x.device)
-
-        if return_weights:
-            y, weights = scaled_dot_product_attention(q, k, v, mask=mask)
-            if self.training and self.dropout > 0:
-                # Drop attention weights as the fused kernel does; the returned weights stay undropped.
-                y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
-        else:
-            # Flash / memory-efficient kernels on GPU; the same scale 1/sqrt(hs) by default. With no mask (training)
-            # is_causal builds the causal structure into the kernel.
-            dropout_p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
-
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
-        y = self.c_proj(y)
-        if self.training:
-            y = self.resid_dropout(y)
-        return (y, weights) if return_weights else y
+        # Flash / memory-efficient kernels on GPU; the same scale 1/sqrt(hs) by default. When the keys are x's own
+        # and no mask is given (training, a prefill from position 0), is_causal builds the causal structure into
+        # the kernel.
+        causal = mask is None and n_keys is None
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+        return self.project(y)  # (B, T, C)

@@ -1,18 +1,19 @@
 """Sampling from a GPT: greedy, temperature, top-k and nucleus (top-p), with a KV cache, streamed token by token.
 
 `stream` yields each step's new tokens as they are made; `generate` collects them. With the cache the prompt is
-prefilled once, then each step feeds only the token just sampled. The cache holds what the prompt and the new
-tokens need, at most block_size positions; eager on the CPU, a step attends to the positions written so far only;
-compiled or on a GPU, to all of them under a mask, so that its shapes never change and no step waits for the GPU
-to say how many were written (`GPT._cache_keys`). Once a sequence fills block_size, each step re-prefills the last
-block_size tokens: positions are absolute, so cached keys cannot be shifted along the window. That costs what
-recomputing costs and gives the tokens recomputing gives.
+prefilled once, then each step feeds only the token just sampled, both through `GPT.decode`. The cache holds what
+the prompt and the new tokens need, at most block_size positions; eager on the CPU, a step attends to the
+positions written so far only; compiled or on a GPU, to all of them under a mask, so that its shapes never change
+and no step waits for the GPU to say how many were written (`GPT._cache_keys`). Once a sequence fills block_size,
+each step re-prefills the last block_size tokens: positions are absolute, so cached keys cannot be shifted along
+the window. That costs what recomputing costs and gives the tokens recomputing gives. Speed transforms for one
+kind of machine stay beside generation, applied to the loaded model: `minigpt.cpu_layout` for CPU decoding.
 
 `encode_prompt` and `TokenDecoder` are the text on either side: a prompt's token ids, and text as tokens arrive.
 """
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import tiktoken
 import torch
@@ -75,18 +76,21 @@ def stream(
     seed: int | None = None,
     stop_token: int | None = None,
     use_cache: bool = True,
+    decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of each sequence of idx (B, T), as a (B,) tensor per step, for max_new_tokens steps.
 
-    Put the model in eval mode first; a model compiled in place (`model.compile()`) works as it is. seed draws
-    from a torch.Generator of its own: the same seed gives the same tokens. With stop_token, a sequence ends at
-    its first stop token (its later steps repeat it) and the stream ends once every sequence has ended.
-    use_cache=False recomputes the whole context (the last block_size tokens) at every step.
+    Put the model in eval mode first. seed draws from a torch.Generator of its own: the same seed gives the same
+    tokens. With stop_token, a sequence ends at its first stop token (its later steps repeat it) and the stream
+    ends once every sequence has ended. use_cache=False recomputes the whole context (the last block_size tokens)
+    through the model's forward at every step. decode runs the cached steps: `model.decode` unless given;
+    `torch.compile(model.decode)` decodes compiled, from two graphs (the prefill and the one-token step).
     """
     # The model runs under torch.inference_mode, which skips autograd's version counters and view tracking (5% of
     # a small model's step); each token is cloned out of it, an ordinary tensor the caller may change in place or
     # feed to autograd.
-    steps = _steps(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, use_cache)
+    decode = model.decode if decode is None else decode
+    steps = _steps(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stop_token, use_cache, decode)
     try:
         for new in steps:
             yield new.clone()
@@ -105,6 +109,7 @@ def _steps(
     seed: int | None,
     stop_token: int | None,
     use_cache: bool,
+    decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> Iterator[torch.Tensor]:
     """`stream`'s tokens, as inference tensors."""
     check_sampling(temperature, top_k, top_p)
@@ -123,9 +128,9 @@ def _steps(
     def window_logits(tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Logits (B, vocab) after the last block_size tokens, fed from position 0; and how many were fed."""
         window = tokens[:, -block_size:]  # (B, <= block_size)
-        input_pos = torch.arange(window.size(1), device=idx.device) if use_cache else None
-        logits, _ = model(window, input_pos=input_pos, only_last_logits=True)  # (B, 1, vocab)
-        return logits[:, -1], window.size(1)
+        if not use_cache:
+            return model(window)[0][:, -1], window.size(1)  # (B, vocab)
+        return decode(window, torch.arange(window.size(1), device=idx.device)), window.size(1)  # (B, vocab)
 
     if use_cache:
         # Every position fed: the prompt's, then each new token's but the last (it is never fed), or a window.
@@ -146,8 +151,7 @@ def _steps(
             if use_cache and n_cached < block_size:
                 # A fill on the device, not a host-to-device copy, so the step does not wait for the GPU.
                 input_pos = torch.full((1,), n_cached, device=idx.device)  # (1,)
-                logits, _ = model(new[:, None], input_pos=input_pos, only_last_logits=True)  # (B, 1, vocab)
-                logits = logits[:, -1]
+                logits = decode(new[:, None], input_pos)  # (B, vocab)
                 n_cached += 1
             else:
                 logits, n_cached = window_logits(tokens)

@@ -1,6 +1,8 @@
 """What attention does, as numbers: a probe's attention weights, head-behaviour scores and the induction loss.
 
-Pure torch, shared by the training callback, `minigpt attention` and the benchmarks.
+Pure torch, shared by the training callback, `minigpt attention` and the benchmarks. The weights come from running
+a GPT's layers with the reference documents' `scaled_dot_product_attention` in place of the fused kernel
+(`layer_attention`, `forward_with_attention`): the same outputs, and the weights the kernel never materialises.
 
 The head scores are those of TransformerLens's head detector with its default "mul" measure: for each head, the
 share of its whole attention over a sequence (every query, the first included) that falls on the cells of a
@@ -20,6 +22,8 @@ from contextlib import contextmanager
 
 import torch
 
+from minigpt.attention import CausalSelfAttention, causal_mask, scaled_dot_product_attention
+
 SCORES = ("previous_token", "duplicate_token", "induction")
 # Random tokens shown twice need at least 3 for the three patterns to fall on different cells: with 1 the
 # duplicate key is the previous one, with 2 the induction key is.
@@ -38,12 +42,39 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def layer_attention(
+    layer: CausalSelfAttention, x: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's output y (B, T, C) on x (B, T, C) and its attention weights (B, nh, T, T), through the documents'
+    `scaled_dot_product_attention`: what the layer computes in eval mode. mask (T, T), True = may attend; causal
+    by default. The weights are never dropped out."""
+    q, k, v = layer.heads(x)  # (B, nh, T, hs) each
+    if mask is None:
+        mask = causal_mask(x.size(1), device=x.device)
+    y, weights = scaled_dot_product_attention(q, k, v, mask=mask)
+    return layer.project(y), weights
+
+
+def forward_with_attention(model, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`model` (a GPT) on idx (B, T), each layer's attention through `layer_attention`: the logits (B, T, vocab_size)
+    that its forward computes in eval mode, and every layer's attention weights, (B, nh, T, T) each."""
+    x = model.embed(idx, torch.arange(idx.size(1), device=idx.device))  # (B, T, C)
+    attentions = []
+    for block in model.transformer.h:  # Block.forward, its attention computed here
+        y, weights = layer_attention(block.attn, block.ln_1(x))
+        attentions.append(weights)
+        x = x + y
+        x = x + block.mlp(block.ln_2(x))
+    logits = model.lm_head(model.transformer.ln_f(x))  # (B, T, padded vocab)
+    return logits[..., : model.config.vocab_size], attentions
+
+
 def probe_attention(model, ids: list[int]) -> list[torch.Tensor]:
     """Per-layer attention weights (nh, T, T) of `model` (a GPT) reading `ids` (at most block_size of them)."""
     idx = torch.tensor([ids], device=model.lm_head.weight.device)  # (1, T)
     with evaluating(model):
-        # forward, not __call__: a model compiled in place would compile a second graph for this path.
-        _, _, attentions = model.forward(idx, return_attention=True)
+        # The layers one by one, not the model's __call__: a model compiled in place compiles nothing here.
+        _, attentions = forward_with_attention(model, idx)
     return [w[0] for w in attentions]  # per layer (nh, T, T)
 
 
@@ -108,5 +139,7 @@ def induction_loss(model, tokens: torch.Tensor) -> torch.Tensor:
     x, y = tokens[:, :-1], tokens[:, 1:].clone()  # (B, 2n - 1) each: y[:, j] is token j + 1
     y[:, :n] = -1  # ignored: the first half's tokens and the second half's first
     with evaluating(model):
-        _, loss = model.forward(x, y)  # forward, not __call__: no second compiled graph for these shapes
+        # forward, not __call__: training compiles the model in place (GPTModule), and __call__ would run the
+        # compiled graph, which these shapes, not training's, would make compile a second time.
+        _, loss = model.forward(x, y)
     return loss

@@ -1,8 +1,9 @@
 """A decoder-only transformer in GPT-2's layout and parameter names, in plain torch.
 
 The names (`transformer.wte`, `transformer.h.{i}.attn.c_attn`, `lm_head`, ...) are GPT-2's, so its weights map
-onto this model one to one (its Conv1D weights transposed). For generation, `setup_kv_cache` gives every attention
-layer a key/value cache and `forward(..., input_pos=...)` feeds tokens at their positions.
+onto this model one to one (its Conv1D weights transposed). `forward` is training's and evaluation's: logits and
+the loss. Generation has its own entry: `setup_kv_cache` gives every attention layer a key/value cache and `decode`
+feeds tokens at their positions, returning the last position's logits.
 """
 
 import math
@@ -14,7 +15,6 @@ from torch import nn
 
 from minigpt.attention import CausalSelfAttention, KVCache, cache_mask
 from minigpt.errors import UserError
-from minigpt.linear import Linear
 
 
 def free_to_read(t: torch.Tensor) -> bool:
@@ -68,9 +68,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,19 +93,13 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        return_weights: bool = False,
         input_pos: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         n_keys: int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        cache_keys = dict(input_pos=input_pos, mask=mask, n_keys=n_keys)
-        if return_weights:
-            attn_out, weights = self.attn(self.ln_1(x), return_weights=True, **cache_keys)
-        else:
-            attn_out = self.attn(self.ln_1(x), **cache_keys)
-        x = x + attn_out
-        x = x + self.mlp(self.ln_2(x))
-        return (x, weights) if return_weights else x
+    ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). input_pos, mask, n_keys: for decoding with a KV cache (CausalSelfAttention)."""
+        x = x + self.attn(self.ln_1(x), input_pos, mask, n_keys)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -121,7 +115,7 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Weight tying: the LM head reads out with the token embedding matrix (GPT-2, Press & Wolf 2017).
         self.lm_head.weight = self.transformer.wte.weight
 
@@ -161,8 +155,8 @@ class GPT(nn.Module):
         """Give every attention layer a KV cache for batch_size sequences of up to max_len tokens (<= block_size).
 
         max_len defaults to block_size; generation asks for what its prompt and new tokens need. device and dtype
-        default to the model's. While it is set, forward needs input_pos; `clear_kv_cache` removes it (before
-        training again).
+        default to the model's. While it is set, `decode` feeds it and `forward` is refused; `clear_kv_cache`
+        removes it (before training again).
         """
         max_len = self.config.block_size if max_len is None else max_len
         if not 1 <= max_len <= self.config.block_size:
@@ -196,7 +190,7 @@ class GPT(nn.Module):
         """
         cache = self.transformer.h[0].attn.kv_cache
         if cache is None:
-            raise ValueError("input_pos goes with a KV cache: set one (GPT.setup_kv_cache), or pass no input_pos")
+            raise ValueError("decoding needs a KV cache: set one first (GPT.setup_kv_cache)")
         max_len = cache.max_len
         if torch.compiler.is_compiling() or not free_to_read(input_pos):
             return max_len, cache_mask(input_pos, max_len)  # (T, max_len)
@@ -211,52 +205,15 @@ class GPT(nn.Module):
         return written, None if T == 1 else cache_mask(input_pos, written)  # (T, written)
 
     def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        return_attention: bool = False,
-        input_pos: torch.Tensor | None = None,
-        only_last_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
-        """idx, targets: (B, T) token ids.
-
-        Returns (logits (B, T, vocab_size), loss or None), plus the list of per-layer attention weights
-        (each (B, nh, T, T)) when return_attention is True. Targets equal to -1 are ignored by the loss.
-
-        Generation: with a KV cache set (`setup_kv_cache`), input_pos (T,) holds the consecutive positions of
-        idx's tokens (the prompt at arange(T), then one token per call at its position) and attention weights are
-        (B, nh, T, Tk) over the cache's first Tk slots (`_cache_keys`). only_last_logits computes the LM head at
-        the last position only (logits (B, 1, vocab)): all that sampling needs, and for a large vocabulary the
-        head is the biggest matmul of a long prefill.
-        """
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx, targets: (B, T) token ids. Returns (logits (B, T, vocab_size), loss or None); targets equal to -1
+        are ignored by the loss."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(
-                f"sequence length {T} is longer than block_size={self.config.block_size}: "
-                "crop the input to the last block_size tokens or train with a larger block_size"
-            )
-        if only_last_logits and targets is not None:
-            raise ValueError("the loss needs logits at every position: pass targets without only_last_logits")
-        if input_pos is None:
-            pos = torch.arange(T, device=idx.device)  # (T,)
-            n_keys, mask = None, None
-        else:
-            pos = input_pos
-            n_keys, mask = self._cache_keys(input_pos)  # once here rather than in each layer
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        if self.training:
-            x = self.transformer.drop(x)
-
-        attentions = []
+        x = self.embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
         for block in self.transformer.h:
-            if return_attention:
-                x, weights = block(x, return_weights=True, input_pos=input_pos, mask=mask, n_keys=n_keys)
-                attentions.append(weights)
-            else:
-                x = block(x, input_pos=input_pos, mask=mask, n_keys=n_keys)
-        if only_last_logits:
-            x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, padded vocab), or (B, 1, padded) for only_last_logits
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, padded vocab)
 
         loss = None
         if targets is not None:
@@ -265,5 +222,31 @@ class GPT(nn.Module):
             loss = F.cross_entropy(
                 logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-1
             )  # logits viewed as (B*T, padded vocab)
-        logits = logits[..., : self.config.vocab_size]  # a view: padding ids are never returned, never sampled
-        return (logits, loss, attentions) if return_attention else (logits, loss)
+        return logits[..., : self.config.vocab_size], loss  # a view: padding ids are never returned, never sampled
+
+    def decode(self, idx: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Generation's step, with a KV cache set (`setup_kv_cache`): the tokens idx (B, T) at the consecutive
+        positions input_pos (T,) (a prompt at arange(T), then one token per call at its position) go into the
+        cache; returns the logits (B, vocab_size) after the last of them.
+
+        The LM head runs at the last position only: all that sampling needs, and for a large vocabulary the head
+        is the biggest matmul of a long prefill. For compiled decoding, compile this method, not the model (whose
+        forward is training's): `torch.compile(model.decode)`.
+        """
+        n_keys, mask = self._cache_keys(input_pos)  # once for all layers, not in each
+        x = self.embed(idx, input_pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, input_pos, mask, n_keys)
+        logits = self.lm_head(self.transformer.ln_f(x[:, -1]))  # (B, padded vocab): the last position only
+        return logits[:, : self.config.vocab_size]  # a view: padding ids are never sampled
+
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Token plus position embeddings of idx (B, T) at positions pos (T,): (B, T, C), dropped out in training."""
+        if idx.size(1) > self.config.block_size:
+            raise ValueError(
+                f"sequence length {idx.size(1)} is longer than block_size={self.config.block_size}: "
+                "crop the input to the last block_size tokens or train with a larger block_size"
+            )
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        # Dropout is the identity in eval mode: the call is skipped there, as in the MLP and the attention.
+        return self.transformer.drop(x) if self.training else x

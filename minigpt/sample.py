@@ -21,9 +21,9 @@ import tiktoken
 import torch
 
 from minigpt.checkpoint import GPT2_NAMES, load_model
+from minigpt.cpu_layout import INPUT_MAJOR_ROWS, for_cpu_decoding
 from minigpt.errors import OneLineParseErrors, UserError, print_error
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
-from minigpt.linear import INPUT_MAJOR_ROWS, store_input_major
 from minigpt.memory import check_generation_fits
 from minigpt.tokenizer import get_tokenizer
 
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         help="end a sample at <|endoftext|> (default: yes)",
     )
     add_device_options(parser)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, fast steps)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile decoding (slow start, fast steps)")
     return parser.parse_args(argv)
 
 
@@ -158,10 +158,11 @@ def run(args: argparse.Namespace) -> None:
     check_generation_fits(model.config, max(batch_sizes), longest, dtype, device)
     rows = [ids for ids in all_ids for _ in range(args.num_samples)]
     model.to(device=device, dtype=dtype)
-    if device.type == "cpu" and all(size in INPUT_MAJOR_ROWS for size in batch_sizes):
-        store_input_major(model)  # faster products at these batch sizes, the same values (minigpt/linear.py)
-    if args.compile:
-        model.compile()  # in place, so the model keeps its methods (the KV cache setup)
+    if device.type == "cpu":
+        # Faster products, the same values (minigpt/cpu_layout.py); weights input-major at the batch sizes it helps.
+        for_cpu_decoding(model, input_major=all(size in INPUT_MAJOR_ROWS for size in batch_sizes))
+    # Compiled: decoding's step, in two graphs (prefill, one token); the model's forward is training's.
+    decode = torch.compile(model.decode) if args.compile else model.decode
 
     seed = random.randrange(2**31) if args.seed is None else args.seed
     stop_token = enc.eot_token if args.stop_at_eot else None
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         samples = generate_each(
             model, rows, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
-            seed=seed, stop_token=stop_token,
+            seed=seed, stop_token=stop_token, decode=decode,
         )  # fmt: skip
         for row, sample in enumerate(samples):  # in input order, once all are made
             print(prompts[row // args.num_samples][1] + enc.decode(sample) + SEPARATOR)
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     steps = stream(
         model, idx, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
-        seed=seed, stop_token=stop_token,
+        seed=seed, stop_token=stop_token, decode=decode,
     )  # fmt: skip
     for new in steps:
         for sample, token in zip(samples, new.tolist(), strict=True):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from minigpt.attention import CausalSelfAttention, causal_mask, scaled_dot_product_attention
+from minigpt.inspect import layer_attention
 
 
 # --- 000_c65f6fdd344fe90e.txt: simplified self-attention, Q = K = V = x, scaled by 1/sqrt(d_model) ----------
@@ -165,7 +166,7 @@ def test_doc002_multihead_scale_differs_sqrt_embed_dim_vs_sqrt_head_dim():
     mask = causal_mask(5)
 
     doc_out, doc_weights = doc(x, mask)
-    our_out, our_weights = ours(x, return_weights=True)
+    our_out, our_weights = layer_attention(ours, x)
     assert doc.scale == math.sqrt(embed_dim) != math.sqrt(embed_dim // heads)
     assert not torch.allclose(doc_out, our_out, atol=1e-3)
     assert not torch.allclose(doc_weights, our_weights, atol=1e-3)
@@ -210,7 +211,7 @@ def test_doc003_split_combine_heads_matches_fused_layer(shape):
     load_separate_projections(layer, linear_q, linear_k, linear_v, linear)
     with torch.no_grad():
         y_fast = layer(x)
-        y_plain, weights = layer(x, return_weights=True)
+        y_plain, weights = layer_attention(layer, x)
     torch.testing.assert_close(y_fast, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(y_plain, expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(weights, attn_weights, atol=1e-6, rtol=0)
@@ -270,7 +271,7 @@ def test_sdpa_path_equals_weights_path(B, T, C, nh):
     x = torch.randn(B, T, C)
     with torch.no_grad():
         y_fast = layer(x)
-        y_plain, weights = layer(x, return_weights=True)
+        y_plain, weights = layer_attention(layer, x)
     assert weights.shape == (B, nh, T, T)
     torch.testing.assert_close(y_fast, y_plain, atol=1e-5, rtol=1e-5)
 
@@ -278,14 +279,15 @@ def test_sdpa_path_equals_weights_path(B, T, C, nh):
 def test_weights_zero_above_diagonal_and_rows_sum_to_one():
     torch.manual_seed(0)
     layer = CausalSelfAttention(32, 4)
-    _, weights = layer(torch.randn(2, 12, 32), return_weights=True)
+    _, weights = layer_attention(layer, torch.randn(2, 12, 32))
     assert torch.all(weights.triu(diagonal=1) == 0.0)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, 4, 12))
 
 
-@pytest.mark.parametrize("return_weights", [False, True])
-def test_layer_is_causal(return_weights):
-    """Changing tokens after position t leaves outputs at positions <= t unchanged."""
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_layer_is_causal(with_weights):
+    """Changing tokens after position t leaves outputs at positions <= t unchanged (the layer, and the layer run with
+    the documents' attention, which returns its weights too)."""
     torch.manual_seed(0)
     layer = CausalSelfAttention(32, 4).eval()
     x = torch.randn(2, 10, 32)
@@ -293,9 +295,10 @@ def test_layer_is_causal(return_weights):
     x2 = x.clone()
     x2[:, t + 1 :] = torch.randn(2, 10 - t - 1, 32)
     with torch.no_grad():
-        y1 = layer(x, return_weights=return_weights)
-        y2 = layer(x2, return_weights=return_weights)
-    if return_weights:
+        run = (lambda x: layer_attention(layer, x)) if with_weights else layer
+        y1 = run(x)
+        y2 = run(x2)
+    if with_weights:
         y1, y2 = y1[0], y2[0]
     torch.testing.assert_close(y1[:, : t + 1], y2[:, : t + 1], atol=1e-6, rtol=0)
     assert not torch.allclose(y1[:, t + 1 :], y2[:, t + 1 :])

@@ -23,7 +23,6 @@ from minigpt.generate import (
     sample_next,
     stream,
 )
-from minigpt.linear import store_input_major
 from minigpt.model import GPT, GPTConfig
 
 VOCAB, BLOCK = 97, 16
@@ -68,10 +67,11 @@ def test_cached_logits_equal_full_forward_at_every_position(model, request, gpu_
     with torch.no_grad():
         full, _ = model(idx)  # (2, BLOCK, vocab)
         model.setup_kv_cache(2)
-        prefill, _ = model(idx[:, :6], input_pos=torch.arange(6))
-        steps = [model(idx[:, t : t + 1], input_pos=torch.tensor([t]))[0] for t in range(6, BLOCK)]
+        # Each call's logits after its last token: the prefill's at position 5, then one step's at each position.
+        logits = [model.decode(idx[:, :6], torch.arange(6))]
+        logits += [model.decode(idx[:, t : t + 1], torch.tensor([t])) for t in range(6, BLOCK)]
         model.clear_kv_cache()
-    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(logits, dim=1), full[:, 5:], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -107,14 +107,21 @@ def test_cache_mask_generalises_causal_mask():
     assert row.tolist() == [[True] * 4 + [False] * 4]
 
 
-def test_attention_weights_with_the_cache_cover_the_written_slots(model):
-    with torch.no_grad():
-        model.setup_kv_cache(1)
-        _, _, prefill = model(torch.tensor([[1, 2, 3]]), return_attention=True, input_pos=torch.arange(3))
-        _, _, step = model(torch.tensor([[4]]), return_attention=True, input_pos=torch.tensor([3]))
+def test_decoding_attends_to_the_written_slots(model, monkeypatch):
+    """The keys each query of `GPT.decode` sees: a prefill from position 0, its own, causally (the fused kernel's
+    causal path); a step at position 3 after it, the 4 slots written, every one (no mask); on the path that never
+    reads the positions, all max_len slots with only those 4 allowed."""
+    model.setup_kv_cache(1)
+    try:
+        assert model._cache_keys(torch.arange(3)) == (None, None)
+        assert model._cache_keys(torch.tensor([3])) == (4, None)
+        monkeypatch.setattr(minigpt.model, "free_to_read", lambda t: False)
+        n_keys, mask = model._cache_keys(torch.tensor([3]))
+        assert n_keys == BLOCK and mask.tolist() == [[True] * 4 + [False] * (BLOCK - 4)]
+        n_keys, mask = model._cache_keys(torch.arange(3))
+        assert n_keys == BLOCK and torch.equal(mask[:, :3], causal_mask(3)) and not mask[:, 3:].any()
+    finally:
         model.clear_kv_cache()
-    assert prefill[0].shape == (1, 2, 3, 3) and torch.equal(prefill[0][0, 0] > 0, causal_mask(3))
-    assert step[0].shape == (1, 2, 1, 4) and torch.all(step[0] > 0)
 
 
 def test_generation_sizes_the_cache_to_what_it_needs(model):
@@ -128,7 +135,7 @@ def test_generation_sizes_the_cache_to_what_it_needs(model):
     model.setup_kv_cache(1, max_len=4)
     try:
         with pytest.raises(ValueError, match="position 4 is past the KV cache's 4 slots"):
-            model(torch.zeros(1, 5, dtype=torch.long), input_pos=torch.arange(5))
+            model.decode(torch.zeros(1, 5, dtype=torch.long), torch.arange(5))
     finally:
         model.clear_kv_cache()
     with pytest.raises(ValueError, match=rf"max_len=17 must be in \[1, block_size={BLOCK}\]"):
@@ -197,7 +204,8 @@ def test_sampling_reads_on_the_host_only_in_multinomials_device_asserts(model, a
 
 def test_compiled_generation_keeps_one_shape_per_step(model):
     """Under torch.compile every decoding step attends to all cache slots under a mask, so the steps share one graph:
-    the prefill and the one-token step are all that is compiled (dynamic=False would recompile on any new shape)."""
+    the prefill and the one-token step are all that is compiled (dynamic=False would recompile on any new shape).
+    Compiling the model in place compiles its forward, training's graph: decoding compiles `GPT.decode`."""
     graphs = []
 
     def counting_backend(graph_module, example_inputs):
@@ -205,10 +213,9 @@ def test_compiled_generation_keeps_one_shape_per_step(model):
         return graph_module.forward
 
     torch._dynamo.reset()
-    compiled = copy.deepcopy(model)
-    compiled.compile(backend=counting_backend, dynamic=False, fullgraph=True)
+    decode = torch.compile(model.decode, backend=counting_backend, dynamic=False, fullgraph=True)
     idx = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(2))
-    assert torch.equal(generate(compiled, idx, 10, temperature=0), greedy_by_recomputing(model, idx, 10))
+    assert torch.equal(generate(model, idx, 10, temperature=0, decode=decode), greedy_by_recomputing(model, idx, 10))
     assert len(graphs) == 2
     torch._dynamo.reset()
 
@@ -216,15 +223,14 @@ def test_compiled_generation_keeps_one_shape_per_step(model):
 def test_generation_compiled_through_aot_autograd(model):
     """aot_eager runs AOTAutograd, the front end of the default backend (Inductor) on a GPU too, without Inductor's
     code generation: the KV cache's in-place index_copy_ under inference_mode and the attention's boolean mask go
-    through its functionalization. Compiled as sample.py compiles (in place, default settings), greedy and sampled
-    tokens are eager's, from two graphs (prefill, step): no recompiling per token."""
+    through its functionalization. Compiled as sample.py compiles (`torch.compile(model.decode)`, default settings),
+    greedy and sampled tokens are eager's, from two graphs (prefill, step): no recompiling per token."""
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")
-    compiled = copy.deepcopy(model)
-    compiled.compile(backend=counter)
+    decode = torch.compile(model.decode, backend=counter)
     idx = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(2))
     for sampling in (dict(temperature=0), dict(seed=1, top_k=20, top_p=0.9)):
-        assert torch.equal(generate(compiled, idx, 10, **sampling), generate(model, idx, 10, **sampling))
+        assert torch.equal(generate(model, idx, 10, decode=decode, **sampling), generate(model, idx, 10, **sampling))
     assert counter.frame_count == 2
     torch._dynamo.reset()
 
@@ -238,20 +244,23 @@ def test_cache_leaves_state_dict_alone_and_clears(model):
         model(torch.zeros(2, 3, dtype=torch.long))  # a cache is set: training-style calls are refused
     model.clear_kv_cache()
     with pytest.raises(ValueError, match="setup_kv_cache"):
-        model(torch.zeros(2, 3, dtype=torch.long), input_pos=torch.arange(3))
+        model.decode(torch.zeros(2, 3, dtype=torch.long), torch.arange(3))
     logits, _ = model(torch.zeros(2, 3, dtype=torch.long))
     assert logits.shape == (2, 3, VOCAB)
 
 
-def test_only_last_logits(model):
+def test_decode_gives_the_last_positions_logits(model):
+    """A prefill through decode: the logits after the last token only, those of the forward's last position."""
     idx = torch.randint(0, VOCAB, (2, 7))
     with torch.no_grad():
-        full, _ = model(idx)
-        last, loss = model(idx, only_last_logits=True)
-    assert last.shape == (2, 1, VOCAB) and loss is None
-    torch.testing.assert_close(last, full[:, -1:], atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="only_last_logits"):
-        model(idx, targets=idx, only_last_logits=True)
+        full, loss = model(idx)
+        model.setup_kv_cache(2)
+        try:
+            last = model.decode(idx, torch.arange(7))
+        finally:
+            model.clear_kv_cache()
+    assert last.shape == (2, VOCAB) and loss is None
+    torch.testing.assert_close(last, full[:, -1], atol=1e-6, rtol=0)
 
 
 # --- sampling -----------------------------------------------------------------------------------------------
@@ -295,7 +304,7 @@ def test_bfloat16_logits_sample_as_their_float32_values(model):
     """A bfloat16 model's logits give the tokens their exact float32 values give, for the same seed."""
     idx = torch.randint(0, VOCAB, (64, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = copy.deepcopy(model).to(torch.bfloat16)(idx, only_last_logits=True)[0][:, -1]  # (64, vocab)
+        logits = copy.deepcopy(model).to(torch.bfloat16)(idx)[0][:, -1]  # (64, vocab)
     assert logits.dtype == torch.bfloat16
     for sampling in (dict(), dict(temperature=0.7, top_k=20), dict(top_p=0.9)):
         tokens = sample_next(logits, generator=torch.Generator().manual_seed(1), **sampling)
@@ -374,19 +383,6 @@ def test_streamed_tokens_are_ordinary_tensors(model):
     loss.backward()  # the embedding saves the ids for backward
     assert model.transformer.wte.weight.grad is not None
     model.zero_grad(set_to_none=True)
-
-
-def test_input_major_weights_give_the_same_tokens(model):
-    """store_input_major (sample.py's CPU layout) keeps values, parameters and ties; the tokens do not change."""
-    idx = torch.randint(0, VOCAB, (8, 5), generator=torch.Generator().manual_seed(2))  # 8 rows: the weight-first path
-    expected = generate(model, idx, 30, temperature=0)
-    relaid = store_input_major(copy.deepcopy(model))
-    assert relaid.transformer.h[0].mlp.c_fc.weight.stride() == (1, 4 * 32)  # (in, out) row-major underneath
-    assert relaid.lm_head.weight is relaid.transformer.wte.weight
-    for (name, before), after in zip(model.state_dict().items(), relaid.state_dict().values(), strict=True):
-        assert torch.equal(before, after), name
-    for batch in (idx[:1], idx):
-        assert torch.equal(generate(relaid, batch, 30, temperature=0), expected[: batch.size(0)])
 
 
 def test_generate_each_batches_by_length_and_keeps_the_input_order(model, monkeypatch):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from minigpt.inspect import (
     SCORES,
     detection_patterns,
+    forward_with_attention,
     head_scores,
     induction_loss,
     pattern_scores,
@@ -101,7 +102,8 @@ def test_head_scores_are_the_definitions_on_the_models_own_attention(model):
     ids = repeated_random_tokens(torch.arange(50), 8)[0]  # (16,)
     scores = head_scores(model, ids)
     assert list(scores) == list(SCORES)
-    _, _, attentions = model(ids[None], return_attention=True)  # per layer (1, nh, T, T)
+    with torch.no_grad():
+        _, attentions = forward_with_attention(model.eval(), ids[None])  # per layer (1, nh, T, T)
     for name, values in pattern_scores([w[0] for w in attentions], ids).items():
         assert scores[name].shape == (2, 3) and scores[name].dtype == torch.float32
         torch.testing.assert_close(scores[name], values)

@@ -1,9 +1,14 @@
+import inspect
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from minigpt.model import GPT, GPTConfig
+from minigpt.attention import CausalSelfAttention
+from minigpt.inspect import forward_with_attention
+from minigpt.model import GPT, Block, GPTConfig
 
 SMALL = dict(vocab_size=97, block_size=32, n_layer=3, n_head=4, n_embd=32)
 
@@ -58,10 +63,29 @@ def test_logits_loss_and_attention_shapes():
     idx = torch.randint(0, 97, (2, 16))
     logits, loss = model(idx)
     assert logits.shape == (2, 16, 97) and loss is None
-    logits_w, loss_w, attentions = model(idx, targets=idx, return_attention=True)
+    logits_w, attentions = forward_with_attention(model, idx)
     assert len(attentions) == 3 and all(a.shape == (2, 4, 16, 16) for a in attentions)
     torch.testing.assert_close(logits_w, logits, atol=1e-5, rtol=1e-5)
-    assert loss_w.ndim == 0
+    _, loss = model(idx, targets=idx)
+    assert loss.ndim == 0
+    torch.testing.assert_close(loss, F.cross_entropy(logits_w.reshape(-1, 97), idx.reshape(-1)), atol=1e-5, rtol=1e-5)
+
+
+def test_every_linear_layer_is_torch_nn_linear():
+    """The model is plain torch: every projection exactly nn.Linear (CPU speed-ups are a transform applied later,
+    minigpt.cpu_layout), the LM head included."""
+    model = small_gpt()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 3 * 4 + 1  # c_attn, attention c_proj, c_fc, MLP c_proj per block; lm_head
+    assert all(type(m) is nn.Linear for m in linears)
+
+
+def test_one_forward_with_no_return_flags():
+    """forward takes the tokens and the targets; the layers' forwards return one tensor, whatever they are given."""
+    assert list(inspect.signature(GPT.forward).parameters) == ["self", "idx", "targets"]
+    for layer in (Block, CausalSelfAttention):
+        assert list(inspect.signature(layer.forward).parameters) == ["self", "x", "input_pos", "mask", "n_keys"]
+        assert inspect.signature(layer.forward).return_annotation is torch.Tensor
 
 
 def test_fresh_model_loss_is_close_to_log_vocab():
@@ -83,18 +107,20 @@ def test_loss_ignores_minus_one_targets():
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("return_attention", [False, True])
-def test_model_is_causal(return_attention):
-    """Changing tokens after position t leaves the logits at positions <= t unchanged."""
+@pytest.mark.parametrize("with_attention", [False, True])
+def test_model_is_causal(with_attention):
+    """Changing tokens after position t leaves the logits at positions <= t unchanged (the forward, and the
+    layers run with the documents' attention)."""
     model = small_gpt().eval()
     torch.manual_seed(2)
     idx = torch.randint(0, 97, (2, 20))
     t = 7
     idx2 = idx.clone()
     idx2[:, t + 1 :] = (idx[:, t + 1 :] + 1) % 97
+    run = (lambda idx: forward_with_attention(model, idx)) if with_attention else model
     with torch.no_grad():
-        out1 = model(idx, return_attention=return_attention)
-        out2 = model(idx2, return_attention=return_attention)
+        out1 = run(idx)
+        out2 = run(idx2)
     torch.testing.assert_close(out1[0][:, : t + 1], out2[0][:, : t + 1], atol=1e-5, rtol=0)
     assert not torch.allclose(out1[0][:, t + 1 :], out2[0][:, t + 1 :])
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from minigpt.attention import CausalSelfAttention, KVCache, cache_mask, scaled_dot_product_attention
 from minigpt.generate import generate
+from minigpt.inspect import forward_with_attention, layer_attention
 from minigpt.model import GPT, GPTConfig
 
 # Few examples each (the file runs in seconds), no deadline (CPU timings vary), reproducible runs, and no example
@@ -80,7 +81,7 @@ def test_layer_sdpa_path_equals_weights_path(config, B, T, masked, seed):
     mask = random_mask(torch.Generator().manual_seed(seed), T, T) if masked else None
     with torch.no_grad():
         fast = layer(x, mask=mask)
-        plain, weights = layer(x, return_weights=True, mask=mask)
+        plain, weights = layer_attention(layer, x, mask=mask)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     assert weights.shape == (B, config.n_head, T, T)
 
@@ -99,9 +100,9 @@ def test_model_paths_agree_and_are_causal(config, B, data, seed):
     changed[:, t + 1 :] = torch.randint(0, config.vocab_size, (B, T - t - 1), generator=g)
     with torch.no_grad():
         fast, _ = model(idx)
-        plain, _, attentions = model(idx, return_attention=True)
+        plain, attentions = forward_with_attention(model, idx)
         fast_changed, _ = model(changed)
-        plain_changed, _, _ = model(changed, return_attention=True)
+        plain_changed, _ = forward_with_attention(model, changed)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast_changed[:, : t + 1], fast[:, : t + 1], atol=1e-6, rtol=0)
     torch.testing.assert_close(plain_changed[:, : t + 1], plain[:, : t + 1], atol=1e-6, rtol=0)

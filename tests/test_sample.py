@@ -89,7 +89,7 @@ def test_several_samples_in_one_batch(ckpt, capsys):
     [
         ([], True),  # one sequence
         (["--num-samples", "4"], True),
-        (["--num-samples", "2"], False),  # 2 and 3 rows run faster on nn.Linear's layout (minigpt/linear.py)
+        (["--num-samples", "2"], False),  # 2 and 3 rows run faster on nn.Linear's layout (minigpt/cpu_layout.py)
         (["--prompt-file", "{prompts}", "--each-line"], True),  # batches of 1 and 4 prompts
         (["--prompt-file", "{prompts}", "--each-line", "--num-samples", "2"], False),  # batches of 2 and 8
     ],
@@ -99,12 +99,17 @@ def test_weights_are_laid_out_for_the_batch_sizes_generation_runs(
 ):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("To be\nabcd\nefgh\nijkl\nmnop\n", encoding="utf-8")
-    laid_out = []
-    monkeypatch.setattr(sample, "store_input_major", laid_out.append)
+    laid_out, transform = [], sample.for_cpu_decoding
+
+    def spy(model, input_major):
+        laid_out.append(input_major)
+        return transform(model, input_major=input_major)
+
+    monkeypatch.setattr(sample, "for_cpu_decoding", spy)
     argv = [arg.format(prompts=prompts) for arg in argv]
     greedy = ("--ckpt", str(ckpt), "--temperature", "0", "--max-new-tokens", "4")
     assert run_main(capsys, *greedy, *argv)[0] == 0
-    assert len(laid_out) == int(input_major)
+    assert laid_out == [input_major]  # on the CPU, once; weights input-major for these batch sizes only
 
 
 def test_prompt_file_longer_than_block_size_slides_the_window(tmp_path, ckpt, capsys):
