@@ -31,6 +31,16 @@ def print_error(err: UserError) -> int:
     return err.exit_code
 
 
+def exit_code(command, *args) -> int:
+    """Run command(*args): 0, or for a UserError its exit code, once printed as one line. Anything else propagates
+    with its traceback."""
+    try:
+        command(*args)
+    except UserError as err:
+        return print_error(err)
+    return 0
+
+
 class OneLineParseErrors:
     """Mixed into an argument parser (argparse's or jsonargparse's): a parse error (unknown option, wrong type,
     missing or malformed config file) is one `error:` line on stderr and exit code 2."""

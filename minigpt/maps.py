@@ -18,7 +18,7 @@ import tiktoken
 import torch
 
 from minigpt.checkpoint import load_model
-from minigpt.errors import UserError, print_error
+from minigpt.errors import UserError, exit_code
 from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.inspect import pattern_scores, probe_attention
 from minigpt.model import GPT
@@ -111,9 +111,4 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`minigpt attention`. A UserError is one line and exit code 2; anything else a traceback."""
-    args = parse_args(argv, prog)
-    try:
-        run(args)
-    except UserError as e:
-        return print_error(e)
-    return 0
+    return exit_code(run, parse_args(argv, prog))

@@ -22,7 +22,7 @@ import torch
 
 from minigpt.checkpoint import GPT2_NAMES, load_model
 from minigpt.cpu_layout import INPUT_MAJOR_ROWS, for_cpu_decoding
-from minigpt.errors import OneLineParseErrors, UserError, print_error
+from minigpt.errors import OneLineParseErrors, UserError, exit_code
 from minigpt.generate import TokenDecoder, check_sampling, encode_prompt, generate_each, stream
 from minigpt.memory import check_generation_fits
 from minigpt.tokenizer import get_tokenizer
@@ -225,9 +225,4 @@ def report_speed(n_new: int, seconds: float, source: str, device: torch.device, 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`minigpt sample` (and `python sample.py`). A UserError is one line and exit code 2; anything else a traceback."""
-    args = parse_args(argv, prog)
-    try:
-        run(args)
-    except UserError as e:
-        return print_error(e)
-    return 0
+    return exit_code(run, parse_args(argv, prog))

@@ -13,16 +13,11 @@ from minigpt.plots import token_labels
 from tests.explorer_pages import page_data
 from tests.skips import gpt2_or_skip
 from tests.test_attention_maps import BYTES, SUMMARIES, expected_size, png_size
-from tests.test_sample import write_checkpoint
+from tests.test_sample import run_command, write_checkpoint
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = maps.main(["--device", "cpu", *argv])
-    except SystemExit as e:  # argparse's errors exit from inside main
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_command(maps.main, capsys, *argv)
 
 
 def test_writes_one_map_per_layer_for_a_prompt_and_prints_the_head_scores(tmp_path, capsys):

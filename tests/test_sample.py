@@ -33,13 +33,18 @@ def write_checkpoint(path: Path, config: GPTConfig = CONFIG, tokenizer: str = "b
     return model
 
 
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+def run_command(main, capsys, *argv: str) -> tuple[int, str, str]:
+    """A command's main on the CPU: its exit code, stdout and stderr."""
     try:
-        code = sample.main(["--device", "cpu", *argv])
+        code = main(["--device", "cpu", *argv])
     except SystemExit as e:  # argparse's errors exit from inside main
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    return run_command(sample.main, capsys, *argv)
 
 
 @pytest.fixture
