@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigpt.errors import UserError
+
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(T, T) bool mask, True where query i may attend to key j, i.e. j <= i (diagonal included)."""
@@ -47,6 +49,12 @@ def scaled_dot_product_attention(
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return weights @ v, weights
+
+
+def check_heads(n_embd: int, n_head: int) -> None:
+    """UserError unless n_head heads split n_embd channels evenly (the model's config checks it before building)."""
+    if n_embd % n_head != 0:
+        raise UserError(f"n_embd={n_embd} is not divisible by n_head={n_head}: pick n_embd as a multiple of n_head")
 
 
 class KVCache(nn.Module):
@@ -87,10 +95,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        if n_embd % n_head != 0:
-            raise ValueError(
-                f"n_embd={n_embd} is not divisible by n_head={n_head}: pick n_embd as a multiple of n_head"
-            )
+        check_heads(n_embd, n_head)
         self.n_embd = n_embd
         self.n_head = n_head
         self.dropout = dropout

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minigpt.attention import CausalSelfAttention, KVCache, cache_mask
+from minigpt.attention import CausalSelfAttention, KVCache, cache_mask, check_heads
 from minigpt.errors import UserError
 
 
@@ -52,10 +52,7 @@ class GPTConfig:
                 raise UserError(f"{name}={getattr(self, name)} must be a positive integer")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.n_embd % self.n_head != 0:
-            raise UserError(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: pick n_embd as a multiple of n_head"
-            )
+        check_heads(self.n_embd, self.n_head)
 
     @property
     def padded_vocab_size(self) -> int:
