@@ -151,7 +151,7 @@ class MiniGPTCLI(LightningCLI):
         callbacks.append(PrintProgress())  # one line per validation; on a terminal, above the progress bar
         if trainer_config.get("enable_progress_bar"):
             callbacks.append(StepProgressBar())
-        logger = make_logger(self.config.logger, self.run_dir)
+        logger = make_logger(self.config.logger, self.run_dir, resuming=self.ckpt_path is not None)
         try:
             trainer = super().instantiate_trainer(
                 default_root_dir=str(self.run_dir), logger=logger, callbacks=callbacks, **kwargs
