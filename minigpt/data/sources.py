@@ -168,7 +168,20 @@ class Source:
         if self.source == "text" and not self.is_url:  # local files: their names, sizes and times
             stats = [(f, os.stat(f)) for f in map(os.path.abspath, self.text_files())]
             return {"files": [(f, st.st_size, st.st_mtime_ns) for f, st in stats]}
+        if self.source == "hub":  # the rows of another revision are another cache, not more rows of this one
+            return {"revision": self.revision()}
         return {}
+
+    def revision(self) -> str | None:
+        """The hub dataset's revision as `datasets` resolves it when it loads the dataset: the commit sha of a hub id,
+        a hash of the data files (names, times) of a local folder; None when the hub cannot be reached or the dataset
+        cannot be found, which reading it then reports."""
+        import datasets
+
+        try:
+            return datasets.load_dataset_builder(self.path, self.name).hash
+        except (ConnectionError, FileNotFoundError, ValueError):
+            return None
 
     def text_files(self) -> list[str]:
         """The local .txt files behind `path` (a file, a folder searched recursively, or a glob)."""
