@@ -5,6 +5,7 @@ The stream is a local folder of parquet files read as a hub dataset with `stream
 """
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pyarrow as pa
@@ -141,3 +142,22 @@ def test_a_prepared_stream_is_used_when_its_revision_cannot_be_resolved(tmp_path
     write_stream(tmp_path / "web", edited=True)
     monkeypatch.undo()
     assert dm.cache.problem(dm.cache.fingerprint()) == "the source or the settings changed"
+
+
+def test_a_hub_id_is_read_at_the_revision_its_cache_records(tmp_path, monkeypatch):
+    commits, reads = ["a" * 40], []
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda path, name: SimpleNamespace(hash=commits[-1]))
+
+    def load_dataset(path, name, split, streaming, revision):
+        reads.append(revision)
+        return datasets.Dataset.from_dict({"text": [f"a page at {revision}"] * 40}).to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    dm = TextDataModule(source="hub", path="someone/web", streaming=True, data_dir=str(tmp_path), block_size=8)
+    dm.prepare_data()
+    assert reads == ["a" * 40] and dm.cache.read_meta()["revision"] == "a" * 40
+    dm.prepare_data()  # the same commit: the cache is reused, nothing is read
+    assert reads == ["a" * 40]
+    commits.append("b" * 40)  # a new commit on the hub: another cache, read at that commit
+    dm.prepare_data()
+    assert reads == ["a" * 40, "b" * 40] and dm.cache.read_meta()["revision"] == "b" * 40

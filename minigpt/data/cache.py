@@ -171,7 +171,7 @@ class TokenCache:
         if self.source.source == "text":
             files = self.source.fetch_text_files()
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
-        ds = self.source.read()
+        ds = self.source.read(self.revision)
         return ds if isinstance(ds, datasets.IterableDataset) else flag_val(ds, self.source.column, self.val_fraction)
 
     def _write_shards(
@@ -272,7 +272,8 @@ def _stream_tables(
     The state is the stream's after the batch, taken as the batch is handed out: the tokenizing pool reads batches
     ahead of the one being written, so the stream's state when a shard closes is already past the shard's rows. It
     holds how many rows were read, for the validation flags of the rows after them. A hub dataset's stream resumes
-    at the data file it stopped in (`datasets` reads that file again up to where it stopped, not the files before).
+    from the data file before the one it stood in (`datasets` opens both again and skips their rows read before), not
+    from the first.
     """
     stream, rows = ds.with_format("arrow"), 0  # flagged by index: a `val` column of its own is not ours
     if resume is not None:

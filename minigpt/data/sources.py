@@ -227,14 +227,16 @@ class Source:
             print(f"{self.path}: {bad} lines held bytes that are not UTF-8, replaced by U+FFFD")
         return ds
 
-    def read(self) -> "datasets.Dataset | datasets.IterableDataset":
-        """The embedded corpus or the hub dataset, one row per document."""
+    def read(self, revision: str | None = None) -> "datasets.Dataset | datasets.IterableDataset":
+        """The embedded corpus or the hub dataset, one row per document; a hub id at the commit `revision` (what
+        `revision()` resolved, so the rows are those of the revision a cache records)."""
         import datasets
 
         if self.source == "embedded":
             return datasets.Dataset.from_dict({"text": embedded_corpus()})
+        pin = None if os.path.isdir(self.path) else revision  # a local folder's revision is a hash, not a commit
         try:
-            ds = datasets.load_dataset(self.path, self.name, split=self.split, streaming=self.streaming)
+            ds = datasets.load_dataset(self.path, self.name, split=self.split, streaming=self.streaming, revision=pin)
         except ConnectionError as e:  # datasets' OfflineModeIsEnabled included
             raise self.offline_error(e) from None
         except FileNotFoundError as e:
