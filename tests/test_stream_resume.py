@@ -4,6 +4,7 @@ stopped; a stream of another revision is another cache.
 The stream is a local folder of parquet files read as a hub dataset with `streaming: true`, as a hub id is read.
 """
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -76,30 +77,42 @@ def record_reads(monkeypatch) -> tuple[list[str], list[str]]:
     return texts, names
 
 
-def stopped_preparation(tmp_path, monkeypatch, **kwargs) -> TextDataModule:
-    """A preparation that raises as it writes the tokens of batch STOP_IN_BATCH, leaving whole shards before it."""
+def stopped_preparation(tmp_path, monkeypatch, stop: str = "tokens", **kwargs) -> TextDataModule:
+    """A preparation that raises as it writes the tokens of batch STOP_IN_BATCH (stop="tokens"), or as it renames the
+    train file of that batch's shard into place, after the stream's state and the val file (stop="rename"): either
+    way the shards before it are whole."""
     dm = data_module(tmp_path, "resumed", **kwargs)
+    shard = STOP_IN_BATCH // SHARD_BATCHES
     with monkeypatch.context() as patch:
-        real = cache_module.encoded_batches
+        real_batches, real_replace = cache_module.encoded_batches, os.replace
 
         def encoded_batches(*args):
-            for b, item in enumerate(real(*args)):
-                if b == STOP_IN_BATCH:
+            for b, item in enumerate(real_batches(*args)):
+                if b == STOP_IN_BATCH and stop == "tokens":
                     raise Stop
                 yield item
 
+        def replace(src, dst):
+            if str(dst).endswith(f"train-{shard:05d}.bin") and stop == "rename":
+                raise Stop
+            real_replace(src, dst)
+
         patch.setattr(cache_module, "encoded_batches", encoded_batches)
+        patch.setattr(os, "replace", replace)
         with pytest.raises(Stop):
             dm.prepare_data()
-    shards = sorted(p.name for p in Path(dm.cache_dir).glob("shards-*/train-*.bin"))
-    assert shards == [f"train-{k:05d}.bin" for k in range(STOP_IN_BATCH // SHARD_BATCHES)]
+    folder = next(Path(dm.cache_dir).glob("shards-*"))
+    assert sorted(p.name for p in folder.glob("train-*.bin")) == [f"train-{k:05d}.bin" for k in range(shard)]
+    assert (folder / f"stream-{shard:05d}.json").exists() == (stop == "rename")
     return dm
 
 
-@pytest.mark.parametrize("budget", [None, 5_000], ids=["whole-stream", "token-budget"])
-def test_a_stopped_stream_resumes_after_its_whole_shards(tmp_path, monkeypatch, small_shards, budget):
+@pytest.mark.parametrize(
+    "stop,budget", [("tokens", None), ("tokens", 5_000), ("rename", None)], ids=["tokens", "token-budget", "rename"]
+)
+def test_a_stopped_stream_resumes_after_its_whole_shards(tmp_path, monkeypatch, small_shards, stop, budget):
     write_stream(tmp_path / "web")
-    dm = stopped_preparation(tmp_path, monkeypatch, token_budget=budget)
+    dm = stopped_preparation(tmp_path, monkeypatch, stop, token_budget=budget)
     with monkeypatch.context() as patch:
         texts, files = record_reads(patch)
         dm.prepare_data()
@@ -161,3 +174,17 @@ def test_a_hub_id_is_read_at_the_revision_its_cache_records(tmp_path, monkeypatc
     commits.append("b" * 40)  # a new commit on the hub: another cache, read at that commit
     dm.prepare_data()
     assert reads == ["a" * 40, "b" * 40] and dm.cache.read_meta()["revision"] == "b" * 40
+
+
+def test_whole_shards_without_the_streams_state_are_written_again(tmp_path, monkeypatch, small_shards):
+    write_stream(tmp_path / "web")
+    dm = stopped_preparation(tmp_path, monkeypatch)
+    for state in Path(dm.cache_dir).glob("shards-*/stream-*.json"):  # as a preparation that kept none left them
+        state.unlink()
+    with monkeypatch.context() as patch:
+        texts, _ = record_reads(patch)
+        dm.prepare_data()
+    assert texts[0].startswith("doc 0:")
+    uninterrupted = data_module(tmp_path, "uninterrupted")
+    uninterrupted.prepare_data()
+    assert cache_bytes(dm) == cache_bytes(uninterrupted)
