@@ -57,6 +57,7 @@ class TokenCache:
         self.source, self.tokenizer, self.val_fraction = source, tokenizer, val_fraction
         self.token_budget, self.num_proc, self.cache_dir = token_budget, num_proc, cache_dir
         self.meta_path = os.path.join(cache_dir, "meta.json")
+        self.revision = None  # the hub dataset's, as `fingerprint` resolved it
 
     def fingerprint(self) -> str:
         """A hash of the settings and of what identifies the source's content without loading it."""
@@ -65,6 +66,10 @@ class TokenCache:
         settings |= {"text_column": src.text_column, "streaming": src.streaming, "token_budget": self.token_budget}
         settings |= {"version": CACHE_VERSION, "val_fraction": self.val_fraction, "tokenizer": self.tokenizer}
         settings |= src.identity()
+        if "revision" in settings and settings["revision"] is None:
+            # Offline: the revision the cache on disk was prepared from, so a prepared cache still trains offline.
+            settings["revision"] = (self.read_meta() or {}).get("revision")
+        self.revision = settings.get("revision")
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def shard_dir(self, fingerprint: str) -> str:
@@ -148,7 +153,7 @@ class TokenCache:
         meta |= {"text_column": src.text_column, "streaming": src.streaming}
         meta |= {"token_budget": self.token_budget, "val_fraction": self.val_fraction, "tokenizer": self.tokenizer}
         meta |= {"vocab_size": enc.n_vocab, "dtype": dtype, "tokens": {split: sum(counts[split]) for split in SPLITS}}
-        meta |= {"shards": counts, "fingerprint": fingerprint}
+        meta |= {"shards": counts, "revision": self.revision, "fingerprint": fingerprint}
         with atomic_write(self.meta_path, "w") as f:  # its rename is the one step that makes the new cache the cache
             json.dump(meta, f, indent=2)
         for name in os.listdir(self.cache_dir):  # what the old cache left: other shards, an older single file
@@ -166,7 +171,7 @@ class TokenCache:
         if self.source.source == "text":
             files = self.source.fetch_text_files()
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
-        ds = self.source.read()
+        ds = self.source.read(self.revision)
         return ds if isinstance(ds, datasets.IterableDataset) else flag_val(ds, self.source.column, self.val_fraction)
 
     def _write_shards(
@@ -183,34 +188,40 @@ class TokenCache:
         while os.path.exists(path("train", len(counts["train"]))):  # whole shards of a preparation that stopped
             for split in SPLITS:
                 counts[split].append(os.path.getsize(path(split, len(counts[split]))) // itemsize)
-        done_batches = len(counts["train"]) * SHARD_BATCHES
+        if os.path.exists(os.path.join(folder, "complete")):  # only meta.json was left to write
+            return counts
 
         import datasets
 
-        streamed = isinstance(ds, datasets.IterableDataset)  # flagged by index: a `val` column of its own is not ours
+        streamed = isinstance(ds, datasets.IterableDataset)
+        if streamed and counts["train"] and not os.path.exists(_state_path(folder, len(counts["train"]) - 1)):
+            # Whole shards that say nothing of where the stream stood after them: the stream starts over.
+            shutil.rmtree(folder)
+            os.makedirs(folder)
+            counts = {split: [] for split in SPLITS}
+        done_batches = len(counts["train"]) * SHARD_BATCHES
+        if streamed:
+            resume = _read_state(folder, len(counts["train"]) - 1) if counts["train"] else None
+            tables = _stream_tables(ds, batch_rows, self.val_fraction, resume)
+        else:
+            tables = _dataset_tables(ds, batch_rows, done_batches)
+        handed_out = {}  # the stream's state after each batch handed to the tokenizer, until that batch is written
 
         def batches() -> Iterator[tuple]:
-            rows = 0
-            for b, table in enumerate(ds.with_format("arrow").iter(batch_size=batch_rows)):
-                if b >= done_batches:  # rows of whole shards are read again, not tokenized again
-                    has_ends = "doc_end" in table.column_names
-                    ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
-                    val = (
-                        stream_val(rows, len(table), self.val_fraction)
-                        if streamed
-                        else table["val"].to_numpy(zero_copy_only=False)
-                    )
-                    yield table[column].to_pylist(), ends, val
-                rows += len(table)
+            for b, (table, val, state) in enumerate(tables, start=done_batches):
+                handed_out[b] = state
+                has_ends = "doc_end" in table.column_names
+                ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
+                yield table[column].to_pylist(), ends, val
 
-        if os.path.exists(os.path.join(folder, "complete")):  # only meta.json was left to write
-            return counts
-        total, shard = sum(map(sum, counts.values())), None
+        total, shard, state = sum(map(sum, counts.values())), None, None
         shard_files = contextlib.ExitStack()  # the open shard's files, each renamed into place when it closes
         tokenized = encoded_batches(batches(), self.num_proc or all_cores(), self.tokenizer, dtype)
         try:
             for b, (val, ends, ids, lengths) in enumerate(tokenized, start=done_batches):
                 if b // SHARD_BATCHES != shard:
+                    if state is not None:  # saved before the shard is renamed into place: a whole shard has one
+                        _write_state(folder, shard, state)
                     shard_files.close()
                     shard = b // SHARD_BATCHES
                     # Opened train then val, so closed val first: a train shard on disk means a whole shard.
@@ -228,8 +239,11 @@ class TokenCache:
                     ids[mask].tofile(files[split])
                     counts[split][-1] += int(mask.sum())
                 total += len(ids)
+                state = handed_out.pop(b)
                 if stop is not None:
                     break
+            if state is not None:  # nothing is left to read after the last shard: the budget is spent or the stream
+                _write_state(folder, shard, state | {"end": True})
             shard_files.close()
         except BaseException as e:
             # The shard being written is removed, not renamed into place: a later preparation writes it again.
@@ -238,4 +252,51 @@ class TokenCache:
         finally:
             tokenized.close()  # stops the pool
         open(os.path.join(folder, "complete"), "w").close()
+        for k in range(len(counts["train"])):  # a complete cache resumes nothing
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(_state_path(folder, k))
         return counts
+
+
+def _dataset_tables(ds: datasets.Dataset, batch_rows: int, done_batches: int) -> Iterator[tuple]:
+    """(rows, val flags, None) of each batch of a dataset with a `val` column, after the first `done_batches`."""
+    for table in ds.skip(done_batches * batch_rows).with_format("arrow").iter(batch_size=batch_rows):
+        yield table, table["val"].to_numpy(zero_copy_only=False), None
+
+
+def _stream_tables(
+    ds: datasets.IterableDataset, batch_rows: int, val_fraction: float, resume: dict | None
+) -> Iterator[tuple]:
+    """(rows, val flags, state) of each batch of a stream, from where the `state` of an earlier batch left it.
+
+    The state is the stream's after the batch, taken as the batch is handed out: the tokenizing pool reads batches
+    ahead of the one being written, so the stream's state when a shard closes is already past the shard's rows. It
+    holds how many rows were read, for the validation flags of the rows after them. A hub dataset's stream resumes
+    from the data file before the one it stood in (`datasets` opens both again and skips their rows read before), not
+    from the first.
+    """
+    stream, rows = ds.with_format("arrow"), 0  # flagged by index: a `val` column of its own is not ours
+    if resume is not None:
+        if resume["end"]:
+            return
+        stream.load_state_dict(resume["stream"])
+        rows = resume["rows"]
+    for table in stream.iter(batch_size=batch_rows):
+        val = stream_val(rows, len(table), val_fraction)
+        rows += len(table)
+        yield table, val, {"rows": rows, "stream": stream.state_dict(), "end": False}
+
+
+def _state_path(folder: str, shard: int) -> str:
+    return os.path.join(folder, f"stream-{shard:05d}.json")
+
+
+def _write_state(folder: str, shard: int, state: dict) -> None:
+    """Save where the stream stands after shard `shard`'s rows, for a preparation that stops after it."""
+    with atomic_write(_state_path(folder, shard), "w") as f:
+        json.dump(state, f)
+
+
+def _read_state(folder: str, shard: int) -> dict:
+    with open(_state_path(folder, shard), encoding="utf-8") as f:
+        return json.load(f)

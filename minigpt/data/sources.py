@@ -168,7 +168,20 @@ class Source:
         if self.source == "text" and not self.is_url:  # local files: their names, sizes and times
             stats = [(f, os.stat(f)) for f in map(os.path.abspath, self.text_files())]
             return {"files": [(f, st.st_size, st.st_mtime_ns) for f, st in stats]}
+        if self.source == "hub":  # the rows of another revision are another cache, not more rows of this one
+            return {"revision": self.revision()}
         return {}
+
+    def revision(self) -> str | None:
+        """The hub dataset's revision as `datasets` resolves it when it loads the dataset: the commit sha of a hub id,
+        a hash of the data files (names, times) of a local folder; None when the hub cannot be reached or the dataset
+        cannot be found, which reading it then reports."""
+        import datasets
+
+        try:
+            return datasets.load_dataset_builder(self.path, self.name).hash
+        except (ConnectionError, FileNotFoundError, ValueError):
+            return None
 
     def text_files(self) -> list[str]:
         """The local .txt files behind `path` (a file, a folder searched recursively, or a glob)."""
@@ -214,14 +227,16 @@ class Source:
             print(f"{self.path}: {bad} lines held bytes that are not UTF-8, replaced by U+FFFD")
         return ds
 
-    def read(self) -> "datasets.Dataset | datasets.IterableDataset":
-        """The embedded corpus or the hub dataset, one row per document."""
+    def read(self, revision: str | None = None) -> "datasets.Dataset | datasets.IterableDataset":
+        """The embedded corpus or the hub dataset, one row per document; a hub id at the commit `revision` (what
+        `revision()` resolved, so the rows are those of the revision a cache records)."""
         import datasets
 
         if self.source == "embedded":
             return datasets.Dataset.from_dict({"text": embedded_corpus()})
+        pin = None if os.path.isdir(self.path) else revision  # a local folder's revision is a hash, not a commit
         try:
-            ds = datasets.load_dataset(self.path, self.name, split=self.split, streaming=self.streaming)
+            ds = datasets.load_dataset(self.path, self.name, split=self.split, streaming=self.streaming, revision=pin)
         except ConnectionError as e:  # datasets' OfflineModeIsEnabled included
             raise self.offline_error(e) from None
         except FileNotFoundError as e:
