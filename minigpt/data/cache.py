@@ -9,6 +9,7 @@ run trusts. Which documents validate is decided by `split`; the tokens come from
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from minigpt import net
 from minigpt.data.encode import all_cores, encoded_batches
 from minigpt.data.sources import TEXT_BATCH_ROWS, Source
 from minigpt.data.split import choose_val, flag_val, stream_val
@@ -121,7 +123,21 @@ class TokenCache:
         return None
 
     def build(self) -> None:
-        """Tokenize the source into the cache, unless the cache on disk already matches; continue a stopped one."""
+        """Tokenize the source into the cache, unless the cache on disk already matches; continue a stopped one.
+
+        A network failure (mid-stream, mid-download) is a UserError: the shards written whole stay, and running the
+        same command again continues after them.
+        """
+        try:
+            self._build()
+        except net.network_errors() as e:
+            whole = len(glob.glob(os.path.join(self.shard_dir(self.fingerprint()), "train-*.bin")))
+            raise UserError(
+                f"download interrupted after {whole} whole shard{'' if whole == 1 else 's'} ({net.describe(e)}): "
+                "run the same command again to continue"
+            ) from None
+
+    def _build(self) -> None:
         fingerprint = self.fingerprint()
         problem = self.problem(fingerprint)
         if problem is None:
@@ -164,7 +180,8 @@ class TokenCache:
         import datasets
 
         if self.source.source == "text":
-            files = self.source.fetch_text_files()
+            # A URL's download is kept beside the caches of each tokenizer, `<data_dir>/<dataset>/downloads/`.
+            files = self.source.fetch_text_files(os.path.join(os.path.dirname(self.cache_dir), "downloads"))
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
         ds = self.source.read()
         return ds if isinstance(ds, datasets.IterableDataset) else flag_val(ds, self.source.column, self.val_fraction)
