@@ -174,14 +174,18 @@ class TokenCache:
         tokens = meta["tokens"]
         print(f"prepared {self.cache_dir}: {tokens['train']:,} train and {tokens['val']:,} val tokens ({problem})")
 
+    @property
+    def download_dir(self) -> str:
+        """Where a URL source's download is kept: `<data_dir>/<dataset>/downloads/`, beside each tokenizer's cache."""
+        return os.path.join(os.path.dirname(self.cache_dir), "downloads")
+
     def _load(self) -> datasets.Dataset | datasets.IterableDataset:
         """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces); a stream's rows
         without one, flagged as they are read."""
         import datasets
 
         if self.source.source == "text":
-            # A URL's download is kept beside the caches of each tokenizer, `<data_dir>/<dataset>/downloads/`.
-            files = self.source.fetch_text_files(os.path.join(os.path.dirname(self.cache_dir), "downloads"))
+            files = self.source.fetch_text_files(self.download_dir)
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
         ds = self.source.read()
         return ds if isinstance(ds, datasets.IterableDataset) else flag_val(ds, self.source.column, self.val_fraction)
