@@ -22,9 +22,9 @@ TIMEOUT_S = 60.0
 CHUNK_BYTES = 1 << 20
 
 # What each library raises when the network fails, by module: `builtins` holds the ConnectionError that `datasets`
-# raises once its retries of a stream are spent (OfflineModeIsEnabled too) and what hf_xet raises, and the
-# ConnectionError and TimeoutError of `fetch` and `download` below. HTTP errors are left out: a 404 or 401 is the
-# user's to fix, and not by running again.
+# raises once its retries of a stream are spent and what hf_xet raises, and the ConnectionError and TimeoutError of
+# `fetch` and `download` below. HTTP errors are left out: a 404 or 401 is the user's to fix, and not by running
+# again.
 _NETWORK_ERRORS = {
     "builtins": ("ConnectionError", "TimeoutError"),
     "requests": ("ConnectionError", "Timeout", "exceptions.ChunkedEncodingError"),
@@ -46,6 +46,13 @@ def network_errors() -> tuple[type[BaseException], ...]:
         if module in sys.modules
         for name in names
     )
+
+
+def offline_mode(e: BaseException) -> bool:
+    """Whether `e` (one of `network_errors()`) is huggingface_hub's refusal to download under HF_HUB_OFFLINE=1, a
+    ConnectionError that running again does not fix."""
+    errors = sys.modules.get("huggingface_hub.errors")
+    return errors is not None and isinstance(e, errors.OfflineModeIsEnabled)
 
 
 def describe(e: BaseException) -> str:

@@ -245,6 +245,13 @@ def test_a_stream_broken_mid_way_keeps_its_whole_shards_and_the_same_command_con
         assert (dm.cache.tokens(split) == whole.cache.tokens(split)).all()
 
 
+def test_a_stream_refused_by_hf_hub_offline_says_what_to_do_offline(tmp_path, stream):
+    stream.fail_at, stream.error = 10, huggingface_hub.errors.OfflineModeIsEnabled("HF_HUB_OFFLINE=1 is set")
+    with pytest.raises(UserError, match="run once online to cache it") as info:
+        stream_module(tmp_path / "data").prepare_data()
+    assert "run the same command again" not in str(info.value)
+
+
 def test_a_bug_mid_stream_keeps_its_traceback(tmp_path, stream):
     stream.fail_at, stream.error = 10, RuntimeError("a bug")
     with pytest.raises(RuntimeError, match="a bug"):

@@ -131,6 +131,8 @@ class TokenCache:
         try:
             self._build()
         except net.network_errors() as e:
+            if net.offline_mode(e):
+                raise self.source.offline_error(e) from None
             whole = len(glob.glob(os.path.join(self.shard_dir(self.fingerprint()), "train-*.bin")))
             raise UserError(
                 f"download interrupted after {whole} whole shard{'' if whole == 1 else 's'} ({net.describe(e)}): "

@@ -186,7 +186,8 @@ class Source:
 
         A URL downloaded once is read from there ever after, with no network and for any tokenizer (`datasets`'
         download manager asks the server for the ETag before it looks in its cache, so it cannot work offline). To
-        fetch a URL's newer content, delete its file there.
+        fetch a URL's newer content, delete its file there. With HF_HUB_OFFLINE=1, as in `datasets`, nothing is
+        downloaded: only what is already there is read.
         """
         from huggingface_hub import constants
 
