@@ -1,7 +1,7 @@
 import pytest
-import requests
 import tiktoken
 
+from minigpt import net
 from minigpt.tokenizer import get_tokenizer
 from tests.skips import gpt2_or_skip
 
@@ -38,11 +38,11 @@ def test_unknown_name_lists_the_available_ones():
 @pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
 def test_no_cache_and_no_network_names_tiktoken_cache_dir(name, monkeypatch, tmp_path):
     def offline(url):
-        raise requests.ConnectionError(f"cannot resolve {url}")
+        raise ConnectionError(f"cannot reach {url}")
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget encodings loaded earlier in this process
-    monkeypatch.setattr(tiktoken.load, "read_file", offline)
+    monkeypatch.setattr(net, "fetch", offline)
     with pytest.raises(ValueError, match="TIKTOKEN_CACHE_DIR") as info:
         get_tokenizer(name)
     assert "\n" not in str(info.value)

@@ -9,6 +9,7 @@ run trusts. Which documents validate is decided by `split`; the tokens come from
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from minigpt import net
 from minigpt.data.encode import all_cores, encoded_batches
 from minigpt.data.sources import TEXT_BATCH_ROWS, Source
 from minigpt.data.split import choose_val, flag_val, stream_val
@@ -126,7 +128,23 @@ class TokenCache:
         return None
 
     def build(self) -> None:
-        """Tokenize the source into the cache, unless the cache on disk already matches; continue a stopped one."""
+        """Tokenize the source into the cache, unless the cache on disk already matches; continue a stopped one.
+
+        A network failure (mid-stream, mid-download) is a UserError: the shards written whole stay, and running the
+        same command again continues after them.
+        """
+        try:
+            self._build()
+        except net.network_errors() as e:
+            if net.offline_mode(e):
+                raise self.source.offline_error(e) from None
+            whole = len(glob.glob(os.path.join(self.shard_dir(self.fingerprint()), "train-*.bin")))
+            raise UserError(
+                f"download interrupted after {whole} whole shard{'' if whole == 1 else 's'} ({net.describe(e)}): "
+                "run the same command again to continue"
+            ) from None
+
+    def _build(self) -> None:
         fingerprint = self.fingerprint()
         problem = self.problem(fingerprint)
         if problem is None:
@@ -163,13 +181,18 @@ class TokenCache:
         tokens = meta["tokens"]
         print(f"prepared {self.cache_dir}: {tokens['train']:,} train and {tokens['val']:,} val tokens ({problem})")
 
+    @property
+    def download_dir(self) -> str:
+        """Where a URL source's download is kept: `<data_dir>/<dataset>/downloads/`, beside each tokenizer's cache."""
+        return os.path.join(os.path.dirname(self.cache_dir), "downloads")
+
     def _load(self) -> datasets.Dataset | datasets.IterableDataset:
         """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces); a stream's rows
         without one, flagged as they are read."""
         import datasets
 
         if self.source.source == "text":
-            files = self.source.fetch_text_files()
+            files = self.source.fetch_text_files(self.download_dir)
             return self.source.read_text(files, choose_val(len(files), self.val_fraction), self.val_fraction)
         ds = self.source.read(self.revision)
         return ds if isinstance(ds, datasets.IterableDataset) else flag_val(ds, self.source.column, self.val_fraction)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from minigpt import net
 from minigpt.errors import UserError, one_line
 
 if TYPE_CHECKING:
@@ -193,16 +194,26 @@ class Source:
             )
         return files
 
-    def fetch_text_files(self) -> list[str]:
-        """The local text files to read: a URL downloaded first (into the `datasets` cache)."""
-        import datasets
+    def fetch_text_files(self, download_dir: str) -> list[str]:
+        """The local text files to read: a URL downloaded first, once, into `download_dir`.
+
+        A URL downloaded once is read from there ever after, with no network and for any tokenizer (`datasets`'
+        download manager asks the server for the ETag before it looks in its cache, so it cannot work offline). To
+        fetch a URL's newer content, delete its file there. With HF_HUB_OFFLINE=1, as in `datasets`, nothing is
+        downloaded: only what is already there is read.
+        """
+        from huggingface_hub import constants
 
         if not self.is_url:
             return self.text_files()  # a missing local file fails here, plainly
-        try:
-            return [datasets.DownloadManager().download(self.path)]
-        except (ConnectionError, FileNotFoundError) as e:  # datasets' OfflineModeIsEnabled included
-            raise self.offline_error(e) from None
+        path = os.path.join(download_dir, net.download_name(self.path))
+        if not os.path.exists(path):
+            if constants.HF_HUB_OFFLINE:
+                raise self.offline_error(f"HF_HUB_OFFLINE is set and it is not in {download_dir}")
+            os.makedirs(download_dir, exist_ok=True)
+            net.download(self.path, path)  # a network failure here is the token cache's to report
+            print(f"downloaded {self.path} to {path}")
+        return [path]
 
     def read_text(self, files: list[str], val: np.ndarray, val_fraction: float) -> "datasets.Dataset":
         """Text files as rows of pieces of at most TEXT_CHUNK_CHARS characters; file i validates when val[i]."""
@@ -255,7 +266,7 @@ class Source:
             )
         return ds
 
-    def offline_error(self, e: Exception) -> UserError:
+    def offline_error(self, e: Exception | str) -> UserError:
         return UserError(
             f"cannot download {self.path!r} ({one_line(e, limit=200)}); with no network or HF_HUB_OFFLINE=1 only "
             f"cached data loads: run once online to cache it, or use local files (source: text, path: your.txt) "
