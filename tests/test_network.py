@@ -206,7 +206,7 @@ def stream(monkeypatch):
     monkeypatch.setattr(cache_module, "SHARD_BATCHES", 1)
     monkeypatch.setattr(cache_module, "DOC_BATCH_ROWS", 3)
 
-    def read(source: Source) -> datasets.IterableDataset:
+    def read(source: Source, revision: str | None = None) -> datasets.IterableDataset:
         return datasets.IterableDataset.from_generator(rows, gen_kwargs=vars(state).copy())
 
     monkeypatch.setattr(Source, "read", read)
