@@ -190,7 +190,7 @@ def test_token_cache_with_a_wrong_meta_is_named_and_rebuilt(in_tmp, capsys, edit
     dm.prepare_data()
     cache = in_tmp / dm.cache_dir
     good = snapshot(cache)
-    meta_path = cache / "meta.json"
+    meta_path = in_tmp / dm.cache.meta_path
     meta_path.write_text(edit(json.loads(meta_path.read_text())))
     code, out, err = train(capsys, "--trainer.max_steps", "1", "--sample_tokens", "0")
     assert code == 0, err
@@ -365,7 +365,8 @@ def test_one_very_long_line_streams_in_bounded_memory(tmp_path):
     fields = dict(item.split("=") for item in done.stdout.split("\n")[-2].split())
     grown_mb = (int(fields["peak"]) - int(fields["rss_before"])) / 2**20
     assert grown_mb < 250, f"preparing a {LONG_LINE_MB} MB line grew the process by {grown_mb:.0f} MB"
-    meta = json.loads((tmp_path / "data" / "long" / "bytes" / "meta.json").read_text())
+    (meta_path,) = (tmp_path / "data" / "long" / "bytes").glob("shards-*/meta.json")
+    meta = json.loads(meta_path.read_text())
     assert meta["tokens"] == {"train": int(n * 0.9) + 1, "val": n - int(n * 0.9) + 1}  # nanoGPT's split, exact
     for big in ("hf", "data", "long.txt"):  # ~200 MB that pytest would otherwise keep among its last runs
         shutil.rmtree(tmp_path / big) if (tmp_path / big).is_dir() else (tmp_path / big).unlink()
