@@ -14,17 +14,21 @@ import sys
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pytest
 import torch
+from huggingface_hub.errors import HFValidationError
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minigpt.cli import main
-from minigpt.data import TextDataModule
+from minigpt.data import Source, TextDataModule
 from minigpt.data import sources as data_sources
+from minigpt.errors import UserError
 from minigpt.model import GPTConfig
 from minigpt.tokenizer import get_tokenizer
 from tests.skips import gpt2_or_skip
+from tests.test_data import write_parquet_hub
 from tests.test_sample import run_main as run_sample
 from tests.test_sample import write_checkpoint
 from tests.test_train import TINY
@@ -166,6 +170,28 @@ def test_every_checkpoint_load_is_weights_only():
 
 
 # --- the token cache ---------------------------------------------------------------------------------------------
+
+
+def test_only_a_name_or_split_the_dataset_lacks_is_called_so(tmp_path, monkeypatch):
+    """datasets refuses a name or split with a plain ValueError; a corrupt file (pyarrow's ArrowInvalid) or a
+    malformed repo id (huggingface_hub's HFValidationError) is a ValueError too, and must not read as one."""
+    folder = write_parquet_hub(tmp_path / "good", ["a story", "another story"])
+    for name, split in (("nope", "train"), (None, "nope")):
+        with pytest.raises(UserError, match=f"has no name={name!r} or no split={split!r}") as info:
+            Source("hub", str(folder), name, split).read()
+        assert "\n" not in str(info.value)
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "data").mkdir(parents=True)
+    (corrupt / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(pa.ArrowInvalid):
+        Source("hub", str(corrupt)).read()
+
+    def malformed(*args, **kwargs):
+        raise HFValidationError("Repo id must use alphanumeric chars, '-', '_' or '.'")
+
+    monkeypatch.setattr(datasets, "load_dataset", malformed)
+    with pytest.raises(HFValidationError):
+        Source("hub", "a/b/c").read()
 
 
 def lie_about_the_length(meta: dict) -> str:

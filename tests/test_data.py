@@ -116,14 +116,19 @@ def test_local_parquet_folder_goes_through_the_hub_path(tmp_path):
     assert sorted(documents(dm, tokens["train"]) + documents(dm, tokens["val"])) == sorted(texts)
 
 
-def test_a_stream_with_a_val_column_of_its_own_validates_on_the_usual_documents(tmp_path):
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "downloaded"])
+def test_a_dataset_with_val_and_doc_end_columns_of_its_own_validates_on_the_usual_documents(tmp_path, streaming):
+    """Columns named like the ones the cache adds (`val`) or reads (`doc_end`) are the dataset's, not ours."""
     texts = [f"document number {i}, " * 5 for i in range(200)]
     caches = []
-    for name, columns in (("plain", {}), ("own-val", {"val": [True] * len(texts)})):
+    own = {"val": [True] * len(texts), "doc_end": [False] * len(texts)}
+    for name, columns in (("plain", {}), ("own-val", own)):
         (tmp_path / name / "data").mkdir(parents=True)
         table = pa.table({"content": texts, **columns})
         pq.write_table(table, tmp_path / name / "data" / "train-00000-of-00001.parquet")
-        dm = module(tmp_path / name, source="hub", path=str(tmp_path / name), text_column="content", streaming=True)
+        dm = module(
+            tmp_path / name, source="hub", path=str(tmp_path / name), text_column="content", streaming=streaming
+        )
         dm.prepare_data()
         caches.append(split_tokens(dm))
     plain, own_val = caches

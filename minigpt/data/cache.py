@@ -272,8 +272,11 @@ class TokenCache:
             rows = 0
             for b, table in enumerate(ds.with_format("arrow").iter(batch_size=batch_rows)):
                 if b >= done_batches:  # rows of whole shards are read again, not tokenized again
-                    has_ends = "doc_end" in table.column_names
-                    ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
+                    ends = (  # a hub dataset's own `doc_end` column is not ours
+                        table["doc_end"].to_numpy(zero_copy_only=False)
+                        if self.source.source == "text"
+                        else np.ones(len(table), bool)
+                    )
                     val = (
                         stream_val(rows, len(table), self.val_fraction)
                         if streamed
