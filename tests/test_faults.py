@@ -295,11 +295,13 @@ def test_killed_preparation_continues_after_its_last_whole_shard(
     cache = result.dir / "data" / "books" / "bytes"
     shards = shards_dir(cache)
     assert len(list(shards.glob("train-*.bin"))) == whole
-    meta = data_module(result.dir).cache.read_meta()
+    assert data_module(result.dir).cache.read_meta() is None  # the new books' cache is not vouched for
     if name == "shard_write":
-        assert meta is None and (shards / "train-00001.bin.tmp").stat().st_size > 0  # half a shard
-    else:  # the old books' cache
-        assert meta is not None and data_module(result.dir).cache.problem(meta["fingerprint"]) is None
+        assert (shards / "train-00001.bin.tmp").stat().st_size > 0  # half a shard
+    else:  # the old books' cache, in its own folder, whole and vouched for
+        (old,) = set(cache.glob("shards-*")) - {shards}
+        meta = json.loads((old / "meta.json").read_text())
+        assert data_module(result.dir).cache.problem(meta["fingerprint"]) is None
     if name == "shard_rename":
         assert (shards / "val-00001.bin").exists() and (shards / "train-00001.bin.tmp").exists()
     before = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.bin") if int(p.stem[-5:]) < whole}
