@@ -78,9 +78,11 @@ class TokenCache:
         self.token_budget, self.num_proc, self.cache_dir = token_budget, num_proc, cache_dir
 
     def settings(self) -> dict:
-        """The settings that decide what a cache holds, as its meta.json records them."""
+        """The settings that decide what a cache holds, as its meta.json records them. A local path is made absolute:
+        the same files named from another folder, or relatively and absolutely, are the same source."""
         src = self.source
-        settings = {"source": src.source, "path": src.path, "name": src.name, "split": src.split}
+        path = os.path.abspath(src.path) if src.path and not src.is_url and os.path.exists(src.path) else src.path
+        settings = {"source": src.source, "path": path, "name": src.name, "split": src.split}
         settings |= {"text_column": src.text_column, "streaming": src.streaming}
         return settings | {
             "token_budget": self.token_budget,
@@ -155,13 +157,16 @@ class TokenCache:
             legacy = self._read_meta(os.path.join(self.cache_dir, "meta.json"))
             if legacy is not None and "shards" not in legacy:
                 return "a single-file cache of an older version: rebuilt as shards"
+            if legacy is not None and legacy["fingerprint"] == fingerprint:
+                return "a cache whose meta.json lay outside its shards folder: taken over"
             if any(self._read_meta(os.path.join(p, "meta.json")) for p in self.others(fingerprint) if os.path.isdir(p)):
                 return "the source or the settings changed"
             return "no cache yet"
         if meta["fingerprint"] != fingerprint:
             return "the source or the settings changed"
         for split in SPLITS:
-            counts = meta.get("shards", {}).get(split) if isinstance(meta.get("shards"), dict) else None
+            shards = meta.get("shards")  # absent or edited in a meta.json this code did not write
+            counts = shards.get(split) if isinstance(shards, dict) else None
             if not (isinstance(counts, list) and sum(counts) == meta["tokens"][split]):
                 return "meta.json is damaged"
             for path, count in zip(self.shards(split, meta), counts, strict=True):
@@ -191,7 +196,7 @@ class TokenCache:
                     f"source {self.source.path or self.source.source!r} holds no text; give a non-empty source"
                 )
         except UserError:
-            shutil.rmtree(folder)  # nothing worth continuing; the old cache, if any, stays as it was
+            shutil.rmtree(folder)  # nothing worth continuing; the other caches stay as they were
             raise
         meta = self.settings() | {"vocab_size": enc.n_vocab, "dtype": dtype}
         meta |= {
