@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def prepare(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`minigpt prepare`: build the token cache that the config's data settings name; no model, no training."""
-    description = "Build the token cache of a config's data settings (minigpt prepare); only data.* options apply."
+    description = "Build the token cache of a config's data settings (minigpt prepare): data.* options, --clean."
 
     def command(args: list[str]) -> None:
         cli = PrepareCLI(args, prog, description)
