@@ -26,16 +26,17 @@ LOADERS = {"host windows + copy": False, "tokens_on_device": True}  # name: data
 
 
 def synthetic_cache(data_dir: Path, vocab: int = 257) -> None:
-    """A token cache of random ids with a meta.json as prepare_data writes it."""
-    folder = data_dir / "synthetic" / "bytes"
+    """A token cache of random ids with a meta.json as prepare_data writes it, where the synthetic module looks."""
+    cache = TextDataModule(data_dir=str(data_dir), dataset_name="synthetic").cache
+    fingerprint = cache.fingerprint()
+    folder = Path(cache.shard_dir(fingerprint))
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     counts = {"train": TOKENS * 9 // 10, "val": TOKENS - TOKENS * 9 // 10}
-    (folder / "shards-synthetic").mkdir()
     for split, n in counts.items():
-        rng.integers(0, vocab, n, dtype=np.uint16).tofile(folder / "shards-synthetic" / f"{split}-00000.bin")
+        rng.integers(0, vocab, n, dtype=np.uint16).tofile(folder / f"{split}-00000.bin")
     shards = {split: [n] for split, n in counts.items()}
-    meta = {"dtype": "uint16", "tokens": counts, "shards": shards, "fingerprint": "synthetic", "vocab_size": vocab}
+    meta = {"dtype": "uint16", "tokens": counts, "shards": shards, "fingerprint": fingerprint, "vocab_size": vocab}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 

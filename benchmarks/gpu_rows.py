@@ -155,7 +155,7 @@ def train_command(ctx: Context, name: str, *extra: str) -> list[str]:
 
 def require_cache(ctx: Context) -> None:
     """Without the carried cache train.py would build it, which needs `datasets`: say what to do instead."""
-    if not (ctx.carry / "data" / "tinyshakespeare" / "bytes" / "meta.json").is_file():
+    if not any((ctx.carry / "data" / "tinyshakespeare" / "bytes").glob("shards-*/meta.json")):
         raise RowError(
             f"no Tiny Shakespeare token cache in {ctx.carry / 'data'}: run `python benchmarks/gpu_check.py "
             "--prepare` where `datasets` is installed, and carry benchmarks/device-carry"

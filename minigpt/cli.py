@@ -168,6 +168,16 @@ class MiniGPTCLI(LightningCLI):
 class PrepareCLI(MiniGPTCLI):
     """The training command's configs and options; only the data module is built, to prepare its token cache."""
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument(
+            "--clean",
+            type=bool,
+            default=False,
+            help="Once the cache is prepared, remove the other caches of its dataset and tokenizer folder (other "
+            "settings' caches, half-built ones, older layouts), saying what went and the disk freed.",
+        )
+
     def before_instantiate_classes(self) -> None:
         pass  # no run directory
 
@@ -219,12 +229,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def prepare(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`minigpt prepare`: build the token cache that the config's data settings name; no model, no training."""
-    description = "Build the token cache of a config's data settings (minigpt prepare); only data.* options apply."
-    return run_command(argv, lambda args: prepare_cache(PrepareCLI(args, prog, description).datamodule))
+    description = "Build the token cache of a config's data settings (minigpt prepare): data.* options, --clean."
+
+    def command(args: list[str]) -> None:
+        cli = PrepareCLI(args, prog, description)
+        prepare_cache(cli.datamodule, cli.config.clean)
+
+    return run_command(argv, command)
 
 
-def prepare_cache(data: TextDataModule) -> None:
+def prepare_cache(data: TextDataModule, clean: bool) -> None:
     data.prepare_data()
+    if clean:  # only once this cache is whole: a preparation that fails leaves the others as they were
+        data.cache.clean()
     data.check_windows()  # the config's block_size fits the data: say so now, not when training starts
 
 

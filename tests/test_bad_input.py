@@ -14,17 +14,21 @@ import sys
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pytest
 import torch
+from huggingface_hub.errors import HFValidationError
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minigpt.cli import main
-from minigpt.data import TextDataModule
+from minigpt.data import Source, TextDataModule
 from minigpt.data import sources as data_sources
+from minigpt.errors import UserError
 from minigpt.model import GPTConfig
 from minigpt.tokenizer import get_tokenizer
 from tests.skips import gpt2_or_skip
+from tests.test_data import write_parquet_hub
 from tests.test_sample import run_main as run_sample
 from tests.test_sample import write_checkpoint
 from tests.test_train import TINY
@@ -168,6 +172,28 @@ def test_every_checkpoint_load_is_weights_only():
 # --- the token cache ---------------------------------------------------------------------------------------------
 
 
+def test_only_a_name_or_split_the_dataset_lacks_is_called_so(tmp_path, monkeypatch):
+    """datasets refuses a name or split with a plain ValueError; a corrupt file (pyarrow's ArrowInvalid) or a
+    malformed repo id (huggingface_hub's HFValidationError) is a ValueError too, and must not read as one."""
+    folder = write_parquet_hub(tmp_path / "good", ["a story", "another story"])
+    for name, split in (("nope", "train"), (None, "nope")):
+        with pytest.raises(UserError, match=f"has no name={name!r} or no split={split!r}") as info:
+            Source("hub", str(folder), name, split).read()
+        assert "\n" not in str(info.value)
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "data").mkdir(parents=True)
+    (corrupt / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(pa.ArrowInvalid):
+        Source("hub", str(corrupt)).read()
+
+    def malformed(*args, **kwargs):
+        raise HFValidationError("Repo id must use alphanumeric chars, '-', '_' or '.'")
+
+    monkeypatch.setattr(datasets, "load_dataset", malformed)
+    with pytest.raises(HFValidationError):
+        Source("hub", "a/b/c").read()
+
+
 def lie_about_the_length(meta: dict) -> str:
     meta["tokens"]["train"] += 1000
     meta["shards"]["train"][0] += 1000
@@ -190,7 +216,7 @@ def test_token_cache_with_a_wrong_meta_is_named_and_rebuilt(in_tmp, capsys, edit
     dm.prepare_data()
     cache = in_tmp / dm.cache_dir
     good = snapshot(cache)
-    meta_path = cache / "meta.json"
+    meta_path = in_tmp / dm.cache.meta_path
     meta_path.write_text(edit(json.loads(meta_path.read_text())))
     code, out, err = train(capsys, "--trainer.max_steps", "1", "--sample_tokens", "0")
     assert code == 0, err
@@ -365,7 +391,8 @@ def test_one_very_long_line_streams_in_bounded_memory(tmp_path):
     fields = dict(item.split("=") for item in done.stdout.split("\n")[-2].split())
     grown_mb = (int(fields["peak"]) - int(fields["rss_before"])) / 2**20
     assert grown_mb < 250, f"preparing a {LONG_LINE_MB} MB line grew the process by {grown_mb:.0f} MB"
-    meta = json.loads((tmp_path / "data" / "long" / "bytes" / "meta.json").read_text())
+    (meta_path,) = (tmp_path / "data" / "long" / "bytes").glob("shards-*/meta.json")
+    meta = json.loads(meta_path.read_text())
     assert meta["tokens"] == {"train": int(n * 0.9) + 1, "val": n - int(n * 0.9) + 1}  # nanoGPT's split, exact
     for big in ("hf", "data", "long.txt"):  # ~200 MB that pytest would otherwise keep among its last runs
         shutil.rmtree(tmp_path / big) if (tmp_path / big).is_dir() else (tmp_path / big).unlink()

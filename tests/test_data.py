@@ -116,14 +116,19 @@ def test_local_parquet_folder_goes_through_the_hub_path(tmp_path):
     assert sorted(documents(dm, tokens["train"]) + documents(dm, tokens["val"])) == sorted(texts)
 
 
-def test_a_stream_with_a_val_column_of_its_own_validates_on_the_usual_documents(tmp_path):
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "downloaded"])
+def test_a_dataset_with_val_and_doc_end_columns_of_its_own_validates_on_the_usual_documents(tmp_path, streaming):
+    """Columns named like the ones the cache adds (`val`) or reads (`doc_end`) are the dataset's, not ours."""
     texts = [f"document number {i}, " * 5 for i in range(200)]
     caches = []
-    for name, columns in (("plain", {}), ("own-val", {"val": [True] * len(texts)})):
+    own = {"val": [True] * len(texts), "doc_end": [False] * len(texts)}
+    for name, columns in (("plain", {}), ("own-val", own)):
         (tmp_path / name / "data").mkdir(parents=True)
         table = pa.table({"content": texts, **columns})
         pq.write_table(table, tmp_path / name / "data" / "train-00000-of-00001.parquet")
-        dm = module(tmp_path / name, source="hub", path=str(tmp_path / name), text_column="content", streaming=True)
+        dm = module(
+            tmp_path / name, source="hub", path=str(tmp_path / name), text_column="content", streaming=streaming
+        )
         dm.prepare_data()
         caches.append(split_tokens(dm))
     plain, own_val = caches
@@ -165,11 +170,12 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, capsys):
     before = train_bin.stat().st_mtime_ns
     dm.prepare_data()
     assert capsys.readouterr().out == "" and train_bin.stat().st_mtime_ns == before
-    # Another setting writes the same folder; going back rebuilds again.
-    module(tmp_path, source="text", path=str(path), val_fraction=0.2).prepare_data()
+    # Another setting writes a cache of its own beside this one; going back rebuilds nothing.
+    other = module(tmp_path, source="text", path=str(path), val_fraction=0.2)
+    other.prepare_data()
     assert "the source or the settings changed" in capsys.readouterr().out
     dm.prepare_data()
-    assert "the source or the settings changed" in capsys.readouterr().out
+    assert capsys.readouterr().out == "" and train_bin.stat().st_mtime_ns == before
     with open(train_bin, "r+b") as f:
         f.truncate(10)
     dm.prepare_data()
@@ -177,10 +183,13 @@ def test_cache_is_reused_and_rebuilt_when_stale(tmp_path, capsys):
     Path(dm.cache.shards("val")[0]).unlink()
     dm.prepare_data()
     assert "val-00000.bin is missing or truncated" in capsys.readouterr().out
+    other_folder = Path(other.cache.meta_path).parent
     path.write_text(TEXT + "more")
     dm.prepare_data()
     assert "changed" in capsys.readouterr().out
     assert not list(Path(dm.cache_dir).rglob("*.tmp"))
+    # The cache of the text before the edit is superseded and gone; the other setting's stays.
+    assert sorted(Path(dm.cache_dir).iterdir()) == sorted([Path(dm.cache.meta_path).parent, other_folder])
 
 
 # ---- the cache in shards: written in parallel, read as one stream ------------------------------------------
@@ -242,14 +251,14 @@ def test_a_single_file_cache_of_an_older_version_is_rebuilt_as_shards(tmp_path, 
         dm.cache.tokens(split).tofile(Path(dm.cache_dir) / f"{split}.bin")
     shutil.rmtree(Path(dm.cache.shards("train")[0]).parent)
     meta.pop("shards")
-    Path(dm.cache.meta_path).write_text(json.dumps(meta))
+    (Path(dm.cache_dir) / "meta.json").write_text(json.dumps(meta))
     capsys.readouterr()
     dm.prepare_data()
     assert capsys.readouterr().out.endswith("val tokens (a single-file cache of an older version: rebuilt as shards)\n")
-    assert sorted(p.name for p in Path(dm.cache_dir).iterdir()) == [
-        "meta.json",
-        Path(dm.cache.shards("train")[0]).parent.name,
-    ]
+    assert sorted(p.name for p in Path(dm.cache_dir).iterdir()) == [Path(dm.cache.shards("train")[0]).parent.name]
+    assert sorted(p.name for p in Path(dm.cache.meta_path).parent.iterdir())[-3:] == [
+        "meta.json", "train-00000.bin", "val-00000.bin"
+    ]  # fmt: skip
 
 
 # ---- batches ------------------------------------------------------------------------------------------------

@@ -326,10 +326,11 @@ def test_two_nodes_ask_for_the_cache_to_be_prepared_then_train_from_it(tmp_path,
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # nothing prepared, no run
     monkeypatch.chdir(tmp_path)  # prepare as the user would, in the same folder
     assert prepare([*TINY[:8], "--data.batch_size", "4"]) == 0
-    meta = (tmp_path / "data/python-reference/bytes/meta.json").stat()
+    (meta_path,) = (tmp_path / "data/python-reference/bytes").glob("shards-*/meta.json")
+    meta = meta_path.stat()
     for node in torchrun_two_nodes(tmp_path, "--name", "two-nodes"):
         assert node.returncode == 0, node.stderr[-3000:]
-    assert (tmp_path / "data/python-reference/bytes/meta.json").stat().st_mtime_ns == meta.st_mtime_ns  # reused
+    assert meta_path.stat().st_mtime_ns == meta.st_mtime_ns  # reused
     assert load(tmp_path / "runs/two-nodes/checkpoints/last.ckpt")["global_step"] == 6
 
 

@@ -2,8 +2,8 @@
 
 `sources` reads text (the embedded Python Language Reference, local text files and URLs, hub datasets); `split`
 decides which documents validate; `encode` tokenizes over every core; `cache` writes the tokens once into shards
-with a fingerprinted `meta.json`; `windows` cuts batches of windows out of them; `module` is the
-`LightningDataModule` that ties them together.
+beside a fingerprinted `meta.json`, one folder per source and settings; `windows` cuts batches of windows out of
+them; `module` is the `LightningDataModule` that ties them together.
 """
 
 from minigpt.data.cache import TokenCache

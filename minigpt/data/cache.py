@@ -1,9 +1,12 @@
-"""The token cache: a source tokenized once into `<data_dir>/<dataset>/<tokenizer>/`, reused while it matches.
+"""The token caches: a source tokenized once into `<data_dir>/<dataset>/<tokenizer>/shards-<fingerprint>/`, reused
+while it matches.
 
-`train.bin` and `val.bin` hold the token ids (uint16, or uint32 for vocabularies over 65,536), each document followed
-by `<|endoftext|>`; `meta.json` holds the settings, the token counts and a fingerprint of the source and settings.
-Files are written to a temporary name and renamed, so an interrupted preparation never leaves a file that a later
-run trusts. Which documents validate is decided by `split`; the tokens come from `encode`.
+Each cache is one folder named by a fingerprint of the source and settings, so caches of other settings (another
+token_budget, val_fraction) live side by side and never touch each other's files. Its shards hold the token ids
+(uint16, or uint32 for vocabularies over 65,536), each document followed by `<|endoftext|>`; its `meta.json` holds
+the settings, the token counts and the fingerprint. Files are written to a temporary name and renamed, so an
+interrupted preparation never leaves a file that a later run trusts. Which documents validate is decided by
+`split`; the tokens come from `encode`.
 """
 
 from __future__ import annotations
@@ -31,11 +34,26 @@ from minigpt.tokenizer import get_tokenizer
 if TYPE_CHECKING:
     import datasets
 
-CACHE_VERSION = 2  # part of the fingerprint: bump it when the cache layout changes
+# Part of the fingerprint: bump it when what a shard holds changes. Still 2 since meta.json moved into the shard
+# folder: the shards are the same bytes, so a whole folder of before is taken over without tokenizing again.
+CACHE_VERSION = 2
 SPLITS = ("train", "val")
 DOC_BATCH_ROWS = 1000  # documents tokenized as one batch (local text: TEXT_BATCH_ROWS pieces)
 # Batches of rows per shard: with FineWeb-like documents (~1,000 tokens) about 64M tokens, 128 MB of uint16.
 SHARD_BATCHES = 64
+# What a cache folder held before the caches were kept in folders of their own, beside them.
+LEGACY_FILES = ("meta.json", "train.bin", "val.bin")
+
+
+def remove(path: str) -> None:
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def disk_bytes(path: str) -> int:
+    """The bytes of the files under `path` (or of the file `path`)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 class TokenCache:
@@ -44,7 +62,9 @@ class TokenCache:
     A shard holds the tokens of SHARD_BATCHES batches of source rows, as `train-NNNNN.bin` and `val-NNNNN.bin` in
     the folder `shards-<fingerprint>`; each is written to a temporary name and renamed, val first, so a train shard
     on disk is a whole shard. A preparation that stops is continued by the next one after its last whole shard.
-    `meta.json`, written last, lists the shards and their token counts: only a cache it vouches for is used.
+    `meta.json`, written last in the same folder, lists the shards and their token counts: only a cache it vouches
+    for is used. A build writes and removes only its own folder, and, once it is whole, the folders it supersedes
+    (`superseded`); `clean` removes the others when asked.
     """
 
     def __init__(
@@ -58,21 +78,35 @@ class TokenCache:
     ):
         self.source, self.tokenizer, self.val_fraction = source, tokenizer, val_fraction
         self.token_budget, self.num_proc, self.cache_dir = token_budget, num_proc, cache_dir
-        self.meta_path = os.path.join(cache_dir, "meta.json")
         self.revision = None  # the hub dataset's, as `fingerprint` resolved it
+
+    def settings(self) -> dict:
+        """The settings that decide what a cache holds, as its meta.json records them. A local path is made absolute:
+        the same files named from another folder, or relatively and absolutely, are the same source."""
+        src = self.source
+        path = os.path.abspath(src.path) if src.path and not src.is_url and os.path.exists(src.path) else src.path
+        settings = {"source": src.source, "path": path, "name": src.name, "split": src.split}
+        settings |= {"text_column": src.text_column, "streaming": src.streaming}
+        return settings | {
+            "token_budget": self.token_budget,
+            "val_fraction": self.val_fraction,
+            "tokenizer": self.tokenizer,
+        }
 
     def fingerprint(self) -> str:
         """A hash of the settings and of what identifies the source's content without loading it."""
-        src = self.source
-        settings = {"source": src.source, "path": src.path, "name": src.name, "split": src.split}
-        settings |= {"text_column": src.text_column, "streaming": src.streaming, "token_budget": self.token_budget}
-        settings |= {"version": CACHE_VERSION, "val_fraction": self.val_fraction, "tokenizer": self.tokenizer}
-        settings |= src.identity()
-        if "revision" in settings and settings["revision"] is None:
-            # Offline: the revision the cache on disk was prepared from, so a prepared cache still trains offline.
-            settings["revision"] = (self.read_meta() or {}).get("revision")
-        self.revision = settings.get("revision")
+        identity = self.source.identity()
+        if "revision" in identity and identity["revision"] is None:
+            # Offline: the revision a whole cache of these settings was prepared from, so it still trains offline.
+            identity["revision"] = self.prepared_revision()
+        self.revision = identity.get("revision")
+        settings = self.settings() | {"version": CACHE_VERSION} | identity
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def meta_path(self) -> str:
+        """The meta.json of the cache of the current source and settings."""
+        return os.path.join(self.shard_dir(self.fingerprint()), "meta.json")
 
     def shard_dir(self, fingerprint: str) -> str:
         return os.path.join(self.cache_dir, f"shards-{fingerprint[:16]}")
@@ -91,10 +125,15 @@ class TokenCache:
     def _paths(folder: str, split: str, counts: dict[str, list[int]]) -> list[str]:
         return [os.path.join(folder, f"{split}-{k:05d}.bin") for k in range(len(counts[split]))]
 
-    def read_meta(self) -> dict | None:
-        """The cache's meta.json; None when there is none or it is not one this code wrote (damaged, edited)."""
+    def read_meta(self, fingerprint: str | None = None) -> dict | None:
+        """The meta.json of the cache of `fingerprint` (by default the current source and settings'); None when there
+        is none or it is not one this code wrote (damaged, edited)."""
+        return self._read_meta(os.path.join(self.shard_dir(fingerprint or self.fingerprint()), "meta.json"))
+
+    @staticmethod
+    def _read_meta(path: str) -> dict | None:
         try:
-            with open(self.meta_path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 meta = json.load(f)
         except (FileNotFoundError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             return None
@@ -108,17 +147,34 @@ class TokenCache:
             return None
         return meta
 
+    def others(self, fingerprint: str) -> list[str]:
+        """The folders of `cache_dir` that hold other caches (whole or half-built), and the files of older layouts."""
+        if not os.path.isdir(self.cache_dir):
+            return []
+        own = os.path.basename(self.shard_dir(fingerprint))
+        names = sorted(os.listdir(self.cache_dir))
+        kept = [n for n in names if n != own and (n.startswith("shards-") or n in LEGACY_FILES)]
+        return [os.path.join(self.cache_dir, n) for n in kept]
+
     def problem(self, fingerprint: str) -> str | None:
         """Why the cache cannot be reused, or None when it can."""
-        meta = self.read_meta()
+        meta = self.read_meta(fingerprint)
         if meta is None:
-            return "meta.json is damaged" if os.path.exists(self.meta_path) else "no cache yet"
-        if "shards" not in meta:
-            return "a single-file cache of an older version: rebuilt as shards"
+            if os.path.exists(os.path.join(self.shard_dir(fingerprint), "meta.json")):
+                return "meta.json is damaged"
+            legacy = self._read_meta(os.path.join(self.cache_dir, "meta.json"))
+            if legacy is not None and "shards" not in legacy:
+                return "a single-file cache of an older version: rebuilt as shards"
+            if legacy is not None and legacy["fingerprint"] == fingerprint:
+                return "a cache whose meta.json lay outside its shards folder: taken over"
+            if any(self._read_meta(os.path.join(p, "meta.json")) for p in self.others(fingerprint) if os.path.isdir(p)):
+                return "the source or the settings changed"
+            return "no cache yet"
         if meta["fingerprint"] != fingerprint:
             return "the source or the settings changed"
         for split in SPLITS:
-            counts = meta["shards"][split]
+            shards = meta.get("shards")  # absent or edited in a meta.json this code did not write
+            counts = shards.get(split) if isinstance(shards, dict) else None
             if not (isinstance(counts, list) and sum(counts) == meta["tokens"][split]):
                 return "meta.json is damaged"
             for path, count in zip(self.shards(split, meta), counts, strict=True):
@@ -152,7 +208,7 @@ class TokenCache:
         enc = get_tokenizer(self.tokenizer)
         dtype = "uint16" if enc.n_vocab <= 2**16 else "uint32"
         folder = self.shard_dir(fingerprint)
-        if (meta := self.read_meta()) is not None and meta.get("fingerprint") == fingerprint:
+        if (meta := self.read_meta(fingerprint)) is not None and meta.get("fingerprint") == fingerprint:
             shutil.rmtree(folder, ignore_errors=True)  # the meta of these very settings did not vouch for them
         ds = self._load()  # a source that cannot be read fails here, before anything is written
         os.makedirs(folder, exist_ok=True)
@@ -164,20 +220,19 @@ class TokenCache:
                     f"source {self.source.path or self.source.source!r} holds no text; give a non-empty source"
                 )
         except UserError:
-            shutil.rmtree(folder)  # nothing worth continuing; the old cache, if any, stays as it was
+            shutil.rmtree(folder)  # nothing worth continuing; the other caches stay as they were
             raise
-        src = self.source
-        meta = {"source": src.source, "path": src.path, "name": src.name, "split": src.split}
-        meta |= {"text_column": src.text_column, "streaming": src.streaming}
-        meta |= {"token_budget": self.token_budget, "val_fraction": self.val_fraction, "tokenizer": self.tokenizer}
-        meta |= {"vocab_size": enc.n_vocab, "dtype": dtype, "tokens": {split: sum(counts[split]) for split in SPLITS}}
-        meta |= {"shards": counts, "revision": self.revision, "fingerprint": fingerprint}
-        with atomic_write(self.meta_path, "w") as f:  # its rename is the one step that makes the new cache the cache
+        meta = self.settings() | {"vocab_size": enc.n_vocab, "dtype": dtype}
+        meta |= {
+            "tokens": {split: sum(counts[split]) for split in SPLITS},
+            "shards": counts,
+            "revision": self.revision,
+            "fingerprint": fingerprint,
+        }
+        with atomic_write(os.path.join(folder, "meta.json"), "w") as f:  # its rename makes the folder a cache
             json.dump(meta, f, indent=2)
-        for name in os.listdir(self.cache_dir):  # what the old cache left: other shards, an older single file
-            path = os.path.join(self.cache_dir, name)
-            if path != folder and (name.startswith("shards-") or name in ("train.bin", "val.bin")):
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        for path in self.superseded(fingerprint):
+            remove(path)
         tokens = meta["tokens"]
         print(f"prepared {self.cache_dir}: {tokens['train']:,} train and {tokens['val']:,} val tokens ({problem})")
 
@@ -185,6 +240,46 @@ class TokenCache:
     def download_dir(self) -> str:
         """Where a URL source's download is kept: `<data_dir>/<dataset>/downloads/`, beside each tokenizer's cache."""
         return os.path.join(os.path.dirname(self.cache_dir), "downloads")
+
+    def superseded(self, fingerprint: str) -> list[str]:
+        """What the whole cache of `fingerprint` makes useless: the whole caches of the same settings (the
+        same source, read the same way, with the same token_budget, val_fraction and tokenizer) but another
+        fingerprint, that is of an older content of the source (local files since edited, another Python's embedded
+        corpus) or an older CACHE_VERSION, which nothing would read again; and the files of the single-file layout.
+        A half-built folder is kept, its settings unknown until its meta.json is written: its build may continue."""
+        found, settings = [], self.settings()
+        for path in self.others(fingerprint):
+            if not os.path.isdir(path):  # a file of an older layout
+                # The meta.json of the layout before a meta per cache vouches for one shards folder; it stays until
+                # that cache is prepared again, which then continues the folder (whole: just writes its meta.json).
+                meta = self._read_meta(path) if path.endswith(".json") else None
+                if meta is None or "shards" not in meta or meta["fingerprint"] == fingerprint:
+                    found.append(path)
+                continue
+            meta = self._read_meta(os.path.join(path, "meta.json"))
+            if meta is not None and all(meta.get(key) == value for key, value in settings.items()):
+                found.append(path)
+        return found
+
+    def clean(self) -> None:
+        """Remove every other cache of `cache_dir` (whole or half-built) and the files of older layouts, saying what
+        went and how much disk that freed."""
+        freed = 0
+        for path in self.others(self.fingerprint()):
+            size = disk_bytes(path)
+            remove(path)
+            freed += size
+            print(f"removed {path} ({size:,} bytes)")
+        print(f"freed {freed:,} bytes in {self.cache_dir}")
+
+    def prepared_revision(self) -> str | None:
+        """The revision recorded by the newest whole cache of these settings, if any."""
+        settings, newest = self.settings(), (0, None)
+        for path in self.others(""):
+            meta = self._read_meta(os.path.join(path, "meta.json")) if os.path.isdir(path) else None
+            if meta is not None and meta.get("revision") and all(meta.get(k) == v for k, v in settings.items()):
+                newest = max(newest, (os.path.getmtime(os.path.join(path, "meta.json")), meta["revision"]))
+        return newest[1]
 
     def _load(self) -> datasets.Dataset | datasets.IterableDataset:
         """The source's rows with a boolean `val` column (and `doc_end` for text read in pieces); a stream's rows
@@ -233,8 +328,11 @@ class TokenCache:
         def batches() -> Iterator[tuple]:
             for b, (table, val, state) in enumerate(tables, start=done_batches):
                 handed_out[b] = state
-                has_ends = "doc_end" in table.column_names
-                ends = table["doc_end"].to_numpy(zero_copy_only=False) if has_ends else np.ones(len(table), bool)
+                ends = (  # a hub dataset's own `doc_end` column is not ours
+                    table["doc_end"].to_numpy(zero_copy_only=False)
+                    if self.source.source == "text"
+                    else np.ones(len(table), bool)
+                )
                 yield table[column].to_pylist(), ends, val
 
         total, shard, state = sum(map(sum, counts.values())), None, None

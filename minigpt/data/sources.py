@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 # lists take ~8 bytes per character (bytes tokenizer), so that is what bounds the memory used.
 TEXT_CHUNK_CHARS = 1 << 20
 TEXT_BATCH_ROWS = 2
+# How datasets (5.x) begins the ValueError it raises for a config name or split a dataset does not have: it has no
+# exception type of its own for them.
+NAME_OR_SPLIT_REFUSALS = ("BuilderConfig ", "Config name is missing", "Unknown split ", "Bad split: ")
 
 
 def embedded_corpus() -> list[str]:
@@ -252,7 +255,11 @@ class Source:
             raise self.offline_error(e) from None
         except FileNotFoundError as e:
             raise UserError(f"no dataset {self.path!r} on the hub or on disk ({one_line(e, limit=200)})") from None
-        except ValueError as e:  # datasets refusing the name or split it was given, before reading anything
+        except ValueError as e:
+            # Only datasets refusing the name or split it was given; a corrupt file (pyarrow's ArrowInvalid), a
+            # malformed repo id (HFValidationError) and the like are ValueErrors too, and keep their traceback.
+            if type(e) is not ValueError or not str(e).startswith(NAME_OR_SPLIT_REFUSALS):
+                raise
             reason = one_line(e, limit=200)
             raise UserError(
                 f"dataset {self.path!r} has no name={self.name!r} or no split={self.split!r} ({reason}); "

@@ -50,4 +50,5 @@ def flag_val(ds: datasets.Dataset, column: str, fraction: float) -> datasets.Dat
         text = ds[0][column]
         cut = int(len(text) * (1 - fraction))
         return datasets.Dataset.from_dict({column: [text[:cut], text[cut:]], "val": [False, True]})
-    return ds.add_column("val", choose_val(ds.num_rows, fraction))
+    # Only the text is kept: a column of the dataset's own named `val` (or `doc_end`) must not pass for ours.
+    return ds.select_columns([column]).add_column("val", choose_val(ds.num_rows, fraction))
