@@ -40,7 +40,8 @@ def data_module(tmp_path: Path, run: str, **kwargs) -> TextDataModule:
 
 
 def cache_bytes(dm: TextDataModule) -> dict[str, bytes]:
-    folder = Path(dm.cache_dir)
+    """The files of the cache of dm's current source and settings (other caches beside it left out)."""
+    folder = Path(dm.cache.shard_dir(dm.cache.fingerprint()))
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
@@ -144,6 +145,7 @@ def test_a_stream_of_another_revision_starts_a_new_cache(tmp_path, monkeypatch, 
     uninterrupted.prepare_data()
     assert cache_bytes(dm) == cache_bytes(uninterrupted)
     assert dm.cache.read_meta()["revision"] == datasets.load_dataset_builder(str(tmp_path / "web")).hash
+    assert len(list(Path(dm.cache_dir).glob("shards-*"))) == 2  # the old revision's half-built folder is left alone
 
 
 def test_a_prepared_stream_is_used_when_its_revision_cannot_be_resolved(tmp_path, monkeypatch):
