@@ -13,6 +13,7 @@ from minigpt.data import TextDataModule
 from minigpt.data import cache as cache_module
 from minigpt.errors import UserError
 from tests.test_data import TEXT
+from tests.test_faults import tokenized_batches
 
 BOOK = TEXT * 20  # 2,700 characters: a single document, its last 10% validating
 
@@ -37,19 +38,6 @@ def folders(root: Path) -> dict[str, dict[str, int]]:
     """Each cache folder of data/book/bytes: its files and their modification times."""
     cache = root / "data" / "book" / "bytes"
     return {d.name: {f.name: f.stat().st_mtime_ns for f in d.iterdir()} for d in sorted(cache.iterdir())}
-
-
-def tokenized_batches(monkeypatch) -> list:
-    """Counts the batches that preparations tokenize from here on."""
-    counted, real = [], cache_module.encoded_batches
-
-    def encoded_batches(*args, **kwargs):
-        for batch in real(*args, **kwargs):
-            counted.append(1)
-            yield batch
-
-    monkeypatch.setattr(cache_module, "encoded_batches", encoded_batches)
-    return counted
 
 
 # A budget reached inside the book's first 90%: the validation split comes out empty, and preparing says so.
