@@ -32,6 +32,7 @@ from common import CONFIGS, VOCAB_SIZES, Timing, header, mfu_peak, print_table, 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from minigpt.module import ModelOptions
+from minigpt.module import flops_per_token as module_flops_per_token
 
 CPU_MICRO_BATCH = {"baby": 8, "124m": 1}  # on CPU a step of the configs' batch takes minutes
 VARIANTS = {
@@ -98,8 +99,7 @@ def load_config(
 
 def flops_per_token(hparams: dict) -> float:
     """nanoGPT's FLOPs per token of the model these `--model.*` options build, without vocabulary padding."""
-    with torch.device("meta"):
-        return ModelOptions(**hparams).build().flops_per_token
+    return module_flops_per_token(ModelOptions(**hparams), hparams["block_size"])
 
 
 def token_batches(

@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 
 from bench_time_to_quality import Run, first_and_best, logged, read_metrics
@@ -188,7 +188,6 @@ def check_losses(result: Result, metrics: list[dict], label: str) -> None:
                  f"{len(losses)} values, last {losses[-1]:.4f}" if losses else "none logged")  # fmt: skip
 
 
-@cache
 def baby_flops_per_token() -> float:
     """nanoGPT's FLOPs per token of the shakespeare_char model (bench_train_step.py's count)."""
     from bench_train_step import flops_per_token, load_config

@@ -11,6 +11,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric
 
 from minigpt.errors import LossNotFinite, UserError
+from minigpt.memory import parameter_count
 from minigpt.model import GPT, GPTConfig
 from minigpt.peak_flops import peak_flops
 
@@ -108,7 +109,7 @@ class GPTModule(L.LightningModule):
             # Module.compile() compiles in place: parameter names (and checkpoint keys) stay those of GPT,
             # with no `_orig_mod.` prefix, so checkpoints load with or without compile.
             self.model.compile(mode=compile.compile_mode)
-        self.flops_per_token = flops_per_token(self.model, config.block_size)
+        self.flops_per_token = flops_per_token(config, config.block_size)
         self.val_loss = MeanMetric()
         # A device-side flag set when a loss is NaN/inf; read only where Lightning syncs anyway (logging, saving),
         # so the training step itself never waits on the GPU.
@@ -235,14 +236,17 @@ def device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
-def flops_per_token(model: GPT, T: int) -> float:
-    """Training FLOPs per token, nanoGPT's estimate: 6N (matmuls, forward + backward) + 12·L·C·T (attention).
+def flops_per_token(config: GPTConfig, T: int) -> float:
+    """Training FLOPs per token of a GPT of shape config, nanoGPT's estimate: 6N (matmuls, forward + backward) +
+    12·L·C·T (attention), counted from the shape (no model needs building).
 
-    N leaves out the vocabulary's padding rows: their FLOPs are spent but compute nothing, so MFU does not count them.
+    N leaves out the position table, as GPT-2 papers count, and the vocabulary's padding rows: their FLOPs are spent
+    but compute nothing, so MFU does not count them.
     """
-    cfg = model.config
-    padding = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
-    return 6 * (model.num_params() - padding) + 12 * cfg.n_layer * cfg.n_embd * T
+    position_table = config.block_size * config.n_embd
+    padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
+    n = parameter_count(config) - position_table - padding
+    return 6 * n + 12 * config.n_layer * config.n_embd * T
 
 
 def warmup_cosine(warmup_steps: int, decay_steps: int, min_ratio: float):

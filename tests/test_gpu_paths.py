@@ -295,7 +295,7 @@ def test_mfu_is_logged_on_an_h200(in_tmp, monkeypatch):
     assert train("--name", "r", "--logger", "csv", "--trainer.precision", "bf16-mixed") == 0
     run = in_tmp / "runs" / "r"
     config = GPTConfig(**load(run / "checkpoints" / "last.ckpt")["minigpt"]["model_config"])
-    per_token = flops_per_token(GPT(config), config.block_size)
+    per_token = flops_per_token(config, config.block_size)
     rows = [row for row in metrics(run) if row.get("train/mfu")]
     assert rows
     for row in rows:

@@ -368,7 +368,7 @@ def test_warmup_then_cosine_to_min_lr():
 def test_flops_per_token_matches_nanogpt_numbers():
     """DESIGN.md: GPT-2 124M at T=1024 is 854.8 MFLOP/token (6N + 12·L·C·T)."""
     gpt2 = ModelOptions(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768).build()
-    assert flops_per_token(gpt2.model, 1024) / 1e6 == pytest.approx(854.8, rel=1e-3)
+    assert flops_per_token(gpt2.config, 1024) / 1e6 == pytest.approx(854.8, rel=1e-3)
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
