@@ -20,7 +20,7 @@ from minigpt.model import GPT, GPTConfig
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # in order of preference within a run
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # transformers' GPT-2 uses Conv1D layers, which store weights as (in, out); nn.Linear's are (out, in).
-_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def find_checkpoint(runs_dir: str | Path = "runs") -> Path:
@@ -140,7 +140,7 @@ def gpt_from_hf(hf_model) -> GPT:
         dropout=0.0, bias=True,
     )  # fmt: skip
     weights = {
-        k: v.t() if k.endswith(_CONV1D_WEIGHTS) else v
+        k: v.t() if k.endswith(CONV1D_WEIGHTS) else v
         for k, v in hf_model.state_dict().items()
         # Older transformers versions keep the causal mask as buffers next to the weights.
         if not k.endswith((".attn.bias", ".attn.masked_bias"))
