@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt.checkpoint import load_checkpoint
+from minigpt.checkpoint import load_checkpoint, no_progress_bars
 from minigpt.errors import OneLineParseErrors, UserError, exit_code
 from minigpt.hf_format import hf_from_gpt, hf_tokenizer, import_transformers, vocab_and_merges
 from minigpt.model import GPT
@@ -63,7 +63,8 @@ def export(ckpt: str | Path, out: str | Path, force: bool = False) -> None:
         lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
         (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    write_directory(out, write)
+    with no_progress_bars():
+        write_directory(out, write)
 
 
 def check_same_logits(model: GPT, hf_model) -> None:
