@@ -11,7 +11,7 @@ import yaml
 from minigpt.cli import MiniGPTCLI, main
 from minigpt.export import export
 from tests.test_sample import CONFIG, write_checkpoint
-from tests.test_train import load, one_error_line
+from tests.test_train import REPO, load, one_error_line
 
 transformers = pytest.importorskip("transformers")
 
@@ -148,3 +148,18 @@ def test_a_checkpoints_tokenizer_is_kept(in_tmp, capsys):
     assert main([*FINETUNE, "--model.init_from", "old.ckpt", "--data.tokenizer", "gpt2"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "data.tokenizer=gpt2 contradicts the weights of old.ckpt (tokenizer bytes)" in line
+
+
+def test_the_shipped_small_recipe_fine_tunes_a_stand_in_for_gpt2(in_tmp):
+    save_random_gpt2(in_tmp / "gpt2-dir")
+    cpu_sized = [
+        "--model.init_from", "gpt2-dir", "--data.path", "text.txt", "--trainer.precision", "32-true",
+        "--model.compile", "false", "--trainer.max_steps", "2", "--trainer.accumulate_grad_batches", "2",
+        "--data.batch_size", "1", "--data.val_batches", "1", "--logger", "false", "--sample_tokens", "0",
+        "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0", "--name", "small",
+    ]  # fmt: skip
+    assert main(["--config", str(REPO / "configs" / "finetune_shakespeare_small.yaml"), *cpu_sized]) == 0
+    resolved = yaml.safe_load((in_tmp / "runs" / "small" / "config.yaml").read_text())
+    assert resolved["model"]["block_size"] == 64  # the stand-in's position table: the config leaves it to the weights
+    assert resolved["model"]["learning_rate"] == resolved["model"]["min_lr"] == 3e-5  # constant
+    assert load(in_tmp / "runs" / "small" / "checkpoints" / "last.ckpt")["global_step"] == 2
