@@ -60,6 +60,8 @@ def hf_from_gpt(model: GPT, eot_token: int):
     return hf_model.eval()
 
 
+# tiktoken has no public accessor for an encoding's ranks, pattern and special tokens: `_mergeable_ranks`, `_pat_str`
+# and `_special_tokens` are the attributes its constructor keeps them in (as in tiktoken 0.7 to 0.14).
 def vocab_and_merges(enc: tiktoken.Encoding) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """GPT-2's vocab.json and merges.txt contents for a tiktoken encoding: its ranks are the ids (tokens written in
     GPT-2's byte-to-unicode alphabet), its special tokens keep theirs. The merges are transformers' own extraction

@@ -2,6 +2,7 @@
 and our token ids; and the export's refusals, one line each, nothing written."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,11 @@ def test_gpt2_model_exports_gpt2s_files_and_tokenizer_offline(tmp_path, capsys):
     shakespeare = Path("/work/shared/data/tinyshakespeare/input.txt")
     text = (shakespeare.read_text()[:20000] if shakespeare.is_file() else "") + TEXT
     assert hf_tok(text)["input_ids"] == enc.encode(text)
+    classic = tmp_path / "classic"  # GPT-2's two classic files alone give the same ids
+    classic.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(out / name, classic)
+    assert transformers.GPT2Tokenizer.from_pretrained(classic)(text)["input_ids"] == enc.encode(text)
     assert hf_tok.decode(enc.encode(TEXT)) == TEXT
     assert_same_logits(model, hf_model, torch.tensor([enc.encode(TEXT)[:32]]))
 
