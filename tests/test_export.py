@@ -3,6 +3,7 @@ and our token ids; and the export's refusals, one line each, nothing written."""
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,4 +168,13 @@ def test_a_tokenizer_gpt2s_class_cannot_express_is_refused_in_one_line(tmp_path,
     monkeypatch.setattr("minigpt.export.get_tokenizer", lambda name: digits)
     code, _, err = export(capsys, "--ckpt", ckpt, "--out", tmp_path / "hf")
     assert code == 2 and "tokenizer 'digits' cannot be exported yet" in one_error_line(err)
+    assert no_export_written(tmp_path)
+
+
+def test_missing_transformers_names_the_extra(tmp_path, capsys, monkeypatch):
+    ckpt = tmp_path / "last.ckpt"
+    write_checkpoint(ckpt)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    code, _, err = export(capsys, "--ckpt", ckpt, "--out", tmp_path / "hf")
+    assert code == 2 and "needs the transformers package: pip install 'minigpt[hf]'" in one_error_line(err)
     assert no_export_written(tmp_path)
