@@ -15,6 +15,8 @@ import contextlib
 import functools
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -353,3 +355,20 @@ def test_commands_are_read_as_a_shell_reads_them():
         None,
         ["train", "--config", "gpt2_124m"],
     ]
+
+
+# --- the pictures ---------------------------------------------------------------------------------------------------
+
+
+def test_loss_curves_are_drawn_from_a_run_s_metrics(tmp_path):
+    script = str(REPO / "scripts" / "loss_curves.py")
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/induction_loss,val/loss\n0,24,3.4,,\n0,49,2.6,,\n0,49,,5.1,2.7\n0,74,2.4,,\n"
+    )
+    out = tmp_path / "curves.png"
+    done = subprocess.run(
+        [sys.executable, script, "--run", str(tmp_path), "--out", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and out.read_bytes().startswith(b"\x89PNG"), done.stderr
+    missing = subprocess.run([sys.executable, script, "--run", str(tmp_path / "none")], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "--logger csv" in missing.stderr
