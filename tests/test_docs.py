@@ -15,6 +15,7 @@ import contextlib
 import functools
 import io
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -277,6 +278,19 @@ def test_the_readme_keeps_a_quickstart_of_two_shell_blocks():
     readme = (REPO / "README.md").read_text()
     quickstart = readme.split("\n## Quickstart\n", 1)[1].split("\n## ", 1)[0]
     assert [b.lang for b in fenced_blocks(quickstart)].count("bash") == 2
+
+
+def test_the_readme_s_table_commands_are_tested_through_its_shell_blocks():
+    """The job table's commands (inline code, not parsed) are the ones its shell block holds (parsed above)."""
+    readme = (REPO / "README.md").read_text()
+    in_table = {
+        tuple(shlex.split(cell.strip("`")))
+        for row in table_rows(readme)
+        for cell in row
+        if cell.startswith("`minigpt ")
+    }
+    in_blocks = {tuple(words) for _, words in page_commands(REPO / "README.md")}
+    assert in_table and in_table <= in_blocks, f"README table commands not in its shell blocks: {in_table - in_blocks}"
 
 
 # --- each kind of mistake is caught -------------------------------------------------------------------------------
