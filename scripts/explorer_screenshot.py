@@ -1,4 +1,4 @@
-"""Regenerate docs/attention-explorer.png, the README's screenshot of the attention explorer.
+"""Regenerate docs/attention-explorer.png, the screenshot of the attention explorer in README.md and docs/attention.md.
 
 The page `minigpt attention --out page.html` writes for a trained default run reading a small Python function,
 opened in headless Chromium (offline, as the browser tests open it) with two heads enlarged and one token pinned in

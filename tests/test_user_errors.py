@@ -1,7 +1,7 @@
 """User mistakes vs bugs, through the entry points as a user meets them.
 
 Each mistake below is one `error:` line on stderr and exit code 2, found before anything is prepared or written (no
-run directory, no token cache). Every message in README.md's Troubleshooting table is checked here or in the tests
+run directory, no token cache). Every message in docs/troubleshooting.md's tables is checked here or in the tests
 it names. A bug keeps its traceback: an internal error is not dressed up as a bad setting.
 """
 
@@ -185,18 +185,17 @@ def test_unknown_command_is_one_line_and_exit_2(capsys):
 
 
 def troubleshooting_messages() -> list[str]:
-    """The backticked message starts in the first column of README.md's Troubleshooting table."""
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| `")]
+    """The backticked message starts in the first column of the tables of docs/troubleshooting.md."""
+    page = (REPO / "docs" / "troubleshooting.md").read_text()
+    rows = [line.split(" | ")[0] for line in page.splitlines() if line.startswith("| `")]
     return [m.replace("\\|", "|") for row in rows for m in re.findall(r"`([^`]+)`", row)]
 
 
 def test_every_troubleshooting_message_is_tested():
-    """Each message the README lists is asserted by a test (here or in the test modules that own it)."""
+    """Each message the troubleshooting page lists is asserted by a test (here or in the test modules that own it)."""
     tests = "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
     untested = [m for m in troubleshooting_messages() if m.split("...")[0].strip() not in tests]
-    assert troubleshooting_messages() and not untested, f"README messages no test asserts: {untested}"
+    assert troubleshooting_messages() and not untested, f"troubleshooting messages no test asserts: {untested}"
 
 
 # --- a bug keeps its traceback ---------------------------------------------------------------------------------
