@@ -1,9 +1,10 @@
-"""The `minigpt` command, also `python -m minigpt`: train, sample, attention and prepare, each with its own options.
+"""The `minigpt` command, also `python -m minigpt`: train, sample, attention, prepare, eval; each its own options.
 
 minigpt train [--config NAME_OR_FILE] [--model.* ...] [--data.* ...] [--trainer.* ...]
 minigpt sample [--ckpt FILE] [--prompt TEXT] ...
 minigpt attention [--ckpt FILE] --prompt TEXT --out MAPS.html|MAPS.png
 minigpt prepare [--config NAME_OR_FILE] [--data.* ...]
+minigpt eval (--ckpt FILE | --init-from gpt2) --task hellaswag [--data FILE.jsonl] [--limit N] [--out R.json]
 minigpt COMMAND --help
 """
 
@@ -15,6 +16,7 @@ COMMANDS = {
     "sample": "generate text from a checkpoint or GPT-2 (python sample.py in a checkout)",
     "attention": "draw a prompt's attention (explorer page or PNGs) and print the head scores",
     "prepare": "build the token cache of a config's data, without training",
+    "eval": "score a checkpoint or GPT-2 on a benchmark (HellaSwag, completion style)",
 }
 
 
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from minigpt.maps import main as attention
 
         return attention(rest, prog)
+    if command == "eval":
+        from minigpt.evaluate import main as evaluate
+
+        return evaluate(rest, prog)
     print(f"error: unknown command {command!r}: use one of {', '.join(COMMANDS)} (see minigpt --help)", file=sys.stderr)
     return 2
 
