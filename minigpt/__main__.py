@@ -1,9 +1,10 @@
-"""The `minigpt` command, also `python -m minigpt`: train, sample, attention, prepare, eval; each its own options.
+"""The `minigpt` command, also `python -m minigpt`: train, sample, attention, prepare, export, eval; each its options.
 
 minigpt train [--config NAME_OR_FILE] [--model.* ...] [--data.* ...] [--trainer.* ...]
 minigpt sample [--ckpt FILE] [--prompt TEXT] ...
 minigpt attention [--ckpt FILE] --prompt TEXT --out MAPS.html|MAPS.png
 minigpt prepare [--config NAME_OR_FILE] [--data.* ...]
+minigpt export --ckpt FILE --out DIR [--force]
 minigpt eval (--ckpt FILE | --init-from gpt2) --task hellaswag [--data FILE.jsonl] [--limit N] [--out R.json]
 minigpt COMMAND --help
 """
@@ -16,6 +17,7 @@ COMMANDS = {
     "sample": "generate text from a checkpoint or GPT-2 (python sample.py in a checkout)",
     "attention": "draw a prompt's attention (explorer page or PNGs) and print the head scores",
     "prepare": "build the token cache of a config's data, without training",
+    "export": "write a checkpoint as a HuggingFace GPT-2 directory (transformers, lm_eval)",
     "eval": "score a checkpoint or GPT-2 on a benchmark (HellaSwag, completion style)",
 }
 
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from minigpt.maps import main as attention
 
         return attention(rest, prog)
+    if command == "export":
+        from minigpt.export import main as export
+
+        return export(rest, prog)
     if command == "eval":
         from minigpt.evaluate import main as evaluate
 

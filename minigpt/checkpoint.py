@@ -6,10 +6,12 @@ with `torch.load(weights_only=True)`. `transformers` is optional (`pip install '
 only to load GPT-2.
 """
 
+import json
 import logging
 import pickle
 import re
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from minigpt.model import GPT, GPTConfig
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # in order of preference within a run
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # transformers' GPT-2 uses Conv1D layers, which store weights as (in, out); nn.Linear's are (out, in).
-_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def find_checkpoint(runs_dir: str | Path = "runs") -> Path:
@@ -84,7 +86,8 @@ def load_gpt2(name: str = "gpt2") -> tuple[GPT, str]:
             "loading GPT-2 weights needs the transformers package: pip install 'minigpt[hf]' (or the dev extra)"
         ) from None
     try:
-        hf_model = GPT2LMHeadModel.from_pretrained(name, local_files_only=True)
+        with no_progress_bars():
+            hf_model = GPT2LMHeadModel.from_pretrained(name, local_files_only=True)
     except OSError:
         if constants.HF_HUB_OFFLINE:
             raise UserError(
@@ -103,6 +106,67 @@ def load_model(ckpt: str | Path | None, init_from: str | None, runs_dir: str | P
         return *load_gpt2(init_from), init_from
     path = ckpt or find_checkpoint(runs_dir)
     return *load_checkpoint(path), str(path)
+
+
+@contextmanager
+def no_progress_bars():
+    """transformers' progress bars off for the block: loading and saving a model are not worth a bar's lines on
+    stderr, where an error must be the only line."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_hf_directory(path: str | Path) -> tuple[GPT, str]:
+    """(model in eval mode on the CPU, "gpt2") from a local HuggingFace GPT-2 directory in `save_pretrained`'s layout
+    (config.json and model.safetensors or pytorch_model.bin), read offline."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path} is not a HuggingFace model directory: it has no config.json (save_pretrained's)")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise UserError(f"{config_file} is not a JSON object: {one_line(e)}") from None
+    if model_type != "gpt2":
+        raise UserError(f"{path} holds a {model_type!r} model, not GPT-2: only GPT-2's layout maps onto our GPT")
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        raise UserError(
+            "loading a HuggingFace directory needs the transformers package: pip install 'minigpt[hf]'"
+        ) from None
+    try:
+        with no_progress_bars():
+            hf_model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
+    except OSError as e:  # no weights file, or one that cannot be read
+        raise UserError(f"{path}: transformers cannot load its GPT-2 weights: {one_line(e, 300)}") from None
+    try:
+        return gpt_from_hf(hf_model), "gpt2"
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def load_weights(source: str) -> tuple[GPT, str]:
+    """(model in eval mode on the CPU, tokenizer name) from what `--model.init_from` names: a GPT-2 model name, a
+    local HuggingFace GPT-2 directory or one of our .ckpt files."""
+    if source in GPT2_NAMES:
+        return load_gpt2(source)
+    path = Path(source)
+    if path.is_dir():
+        return load_hf_directory(path)
+    if path.is_file():
+        return load_checkpoint(path)
+    raise UserError(
+        f"model.init_from={source!r} is neither a GPT-2 name ({', '.join(GPT2_NAMES)}), nor a HuggingFace GPT-2 "
+        "directory, nor a .ckpt file"
+    )
 
 
 def _download_gpt2(model_class, name: str):
@@ -140,7 +204,7 @@ def gpt_from_hf(hf_model) -> GPT:
         dropout=0.0, bias=True,
     )  # fmt: skip
     weights = {
-        k: v.t() if k.endswith(_CONV1D_WEIGHTS) else v
+        k: v.t() if k.endswith(CONV1D_WEIGHTS) else v
         for k, v in hf_model.state_dict().items()
         # Older transformers versions keep the causal mask as buffers next to the weights.
         if not k.endswith((".attn.bias", ".attn.masked_bias"))

@@ -25,12 +25,13 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minigpt.callbacks import AttentionMaps, HellaSwag, PrintProgress, SaveLastOnInterrupt
-from minigpt.checkpoint import load_checkpoint
+from minigpt.checkpoint import load_checkpoint, load_weights
 from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.console import ModelSummaryTable, StepProgressBar, quiet_lightning, report
 from minigpt.data import DataConfig, TextDataModule
 from minigpt.errors import OneLineParseErrors, UserError, print_error
 from minigpt.generate import encode_prompt
+from minigpt.init_from import copy_weights, settle_settings
 from minigpt.logger import make_logger
 from minigpt.memory import TRAINING_BYTES, WEIGHT_BYTES, check_model_fits
 from minigpt.module import GPTModule, ModelOptions
@@ -101,6 +102,9 @@ class MiniGPTCLI(LightningCLI):
         # The GPT is built in this machine's memory; training's whole need is checked on its device (check_settings).
         check_model_fits(options, torch.device("cpu"), WEIGHT_BYTES, "its weights")
         self.model = options.build(tokenizer=self.datamodule.tokenizer)
+        if self.init_weights is not None:
+            copy_weights(self.model.model, self.init_weights)
+            self.init_weights = None  # one copy of a large model is enough
         self.trainer = self.instantiate_trainer()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -128,6 +132,11 @@ class MiniGPTCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         self.run_dir, self.ckpt_path = resolve_run(self.config.runs_dir, self.config.name, self.config.ckpt_path)
+        self.init_weights = None
+        # A resumed run's weights are its checkpoint's; its shape is in the run's config.yaml.
+        if self.config.model.init_from is not None and self.ckpt_path is None:
+            self.init_weights, tokenizer = load_weights(self.config.model.init_from)
+            settle_settings(self.config, self.init_weights.config, tokenizer)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         if self.ckpt_path is not None:  # before the Trainer reports its devices: a refused checkpoint is one line
@@ -252,8 +261,10 @@ def run_command(argv: list[str] | None, command) -> int:
     # TF32 tensor cores for the float32 matmuls that remain (all of them under 32-true precision).
     torch.set_float32_matmul_precision("high")
     args = list(sys.argv[1:] if argv is None else argv)
-    # `python train.py` alone trains the default config; a --config given replaces it.
-    if not any(arg in ("-c", "--config") or arg.startswith("--config=") for arg in args):
+    # `python train.py` alone trains the default config; a --config given replaces it. A fine-tuning run without a
+    # --config starts from the defaults: the default config's small shape would contradict the weights'.
+    given = [arg.partition("=")[0] for arg in args]
+    if not {"-c", "--config", "--model.init_from"} & set(given):
         args = ["--config", DEFAULT_CONFIG, *args]
     try:
         with contextlib.ExitStack() as shipped_files:

@@ -68,7 +68,18 @@ class CompileConfig:
 
 
 @dataclass
-class ModelOptions(CompileConfig, OptimizerConfig, GPTConfig):
+class InitConfig:
+    """Where the GPT's weights start from."""
+
+    init_from: str | None = None
+    """Start from pretrained weights, fine-tuning them: gpt2, gpt2-medium, gpt2-large or gpt2-xl (downloaded once
+    through transformers), a local HuggingFace GPT-2 directory (save_pretrained's), or a minigpt .ckpt. The shape and
+    tokenizer are the weights'; block_size may be smaller and dropout set. A new run at step 0 (--ckpt_path
+    resumes). None: random weights."""
+
+
+@dataclass
+class ModelOptions(InitConfig, CompileConfig, OptimizerConfig, GPTConfig):
     """The `--model.*` options: the GPT's shape, its optimizer and its compilation in one flat group, as the command
     line and the YAML configs name them. Each field is declared once, in its own dataclass; `build` splits them."""
 
