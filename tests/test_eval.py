@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from minigpt import evaluate
 from minigpt.hellaswag import Counts, Example, parse_example, score
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import get_tokenizer
+from tests.skips import gpt2_or_skip
 from tests.test_sample import run_command, write_checkpoint
 from tests.test_train import REPO, TINY, one_error_line
 
@@ -231,6 +233,43 @@ def test_a_trained_model_tells_real_endings_from_shuffled_ones_and_training_logs
     # The last validation ran on the final weights: minigpt eval on last.ckpt scores what training logged.
     scores = eval_checkpoint(capsys, run / "checkpoints" / "last.ckpt", data)
     assert scores["acc"] == pytest.approx(acc[0]) and scores["acc_norm"] == pytest.approx(acc_norm[0])
+
+
+@pytest.mark.slow
+def test_the_gpt2_124m_config_logs_hellaswag_as_it_trains_cpu_sized(tmp_path, monkeypatch):
+    """configs/gpt2_124m.yaml with a CPU-sized model and data, its eval settings and bf16-mixed precision kept: the
+    scoring runs under bf16 autocast, as on a GPU, and is logged at the validation."""
+    from minigpt.cli import main
+
+    gpt2_or_skip()
+    monkeypatch.chdir(tmp_path)
+    data = write_jsonl(tmp_path / "r.jsonl", random_records(6, seed=4))
+    scored = []
+    forward = GPT.forward
+
+    def recording_forward(self, idx, targets=None):
+        if targets is None:  # the HellaSwag callback's forwards: the only ones without targets
+            scored.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, idx, targets)
+
+    monkeypatch.setattr(GPT, "forward", recording_forward)
+    cpu_sized = [
+        "--config", str(REPO / "configs" / "gpt2_124m.yaml"), "--model.n_layer", "1", "--model.n_head", "2",
+        "--model.n_embd", "16", "--model.block_size", "32", "--model.compile", "false", "--model.warmup_steps", "1",
+        "--trainer.max_steps", "2", "--trainer.accumulate_grad_batches", "1", "--trainer.val_check_interval", "2",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_model_summary", "false",
+        "--data.source", "embedded", "--data.path", "null", "--data.name", "null", "--data.streaming", "false",
+        "--data.token_budget", "null", "--data.dataset_name", "null", "--data.batch_size", "2",
+        "--data.num_workers", "0", "--data.val_batches", "1", "--attention_maps.every_n_validations", "0",
+        "--attention_maps.at_train_end", "false", "--eval.hellaswag_data", str(data), "--logger", "csv",
+        "--sample_tokens", "0", "--name", "small",
+    ]  # fmt: skip
+    assert main(cpu_sized) == 0
+    run = tmp_path / "runs" / "small"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["eval"]["hellaswag_every"] == 1 and config["trainer"]["precision"] == "bf16-mixed"
+    assert len(logged(run, "eval/hellaswag_acc")) == len(logged(run, "eval/hellaswag_acc_norm")) == 1
+    assert scored == [(True, torch.bfloat16)]  # 6 examples, the config's 16 per forward: one forward
 
 
 def torchrun(cwd: Path, nproc: int, *args: str):
