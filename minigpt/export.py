@@ -11,7 +11,6 @@ under a temporary name and renamed into place when whole: an export that fails l
 """
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from minigpt.checkpoint import load_checkpoint, no_progress_bars
 from minigpt.errors import OneLineParseErrors, UserError, exit_code
-from minigpt.hf_format import hf_from_gpt, hf_tokenizer, import_transformers, vocab_and_merges
+from minigpt.hf_format import hf_from_gpt, hf_tokenizer, import_transformers
 from minigpt.model import GPT
 from minigpt.tokenizer import get_tokenizer
 
@@ -53,15 +52,12 @@ def export(ckpt: str | Path, out: str | Path, force: bool = False) -> None:
     tokenizer = hf_tokenizer(enc, model.config.block_size)  # refuses an encoding it cannot express
     hf_model = hf_from_gpt(model, enc.eot_token)
     check_same_logits(model, hf_model)
-    vocab, merges = vocab_and_merges(enc)
 
     def write(folder: Path) -> None:
         hf_model.save_pretrained(folder)  # model.safetensors (the head tied: stored once), config, generation_config
         tokenizer.save_pretrained(folder)  # tokenizer.json, tokenizer_config.json
-        # GPT-2's classic files, for tokenizers that read them (transformers 4's slow GPT2Tokenizer).
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
-        (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # GPT-2's classic vocab.json and merges.txt, for tokenizers that read them (transformers 4's slow one).
+        tokenizer.backend_tokenizer.model.save(str(folder))
 
     with no_progress_bars():
         write_directory(out, write)

@@ -38,7 +38,8 @@ def hf_from_gpt(model: GPT, eot_token: int):
         layer_norm_epsilon=1e-5, resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout,
         bos_token_id=eot_token, eos_token_id=eot_token, tie_word_embeddings=True,
     )  # fmt: skip
-    hf_model = transformers.GPT2LMHeadModel(config)
+    with torch.device("meta"):  # shapes only: every weight is assigned below (a random init took most of the time)
+        hf_model = transformers.GPT2LMHeadModel(config)
     ours = {k: v.detach().float() for k, v in model.state_dict().items()}
     weights = {}
     for name, hf_value in hf_model.state_dict().items():
@@ -49,17 +50,20 @@ def hf_from_gpt(model: GPT, eot_token: int):
             elif name in ("transformer.wte.weight", "lm_head.weight"):
                 value = value[: c.vocab_size]  # (padded vocab, C) -> (vocab, C)
         elif name.endswith(".bias") and not c.bias:
-            value = torch.zeros_like(hf_value)  # bias=False: no bias is a zero bias
+            value = torch.zeros(hf_value.shape)  # bias=False: no bias is a zero bias
         else:
             raise AssertionError(f"HF's GPT-2 has {name}, which our model lacks")  # a transformers change: a bug here
         weights[name] = value.contiguous()
-    hf_model.load_state_dict(weights)
+    hf_model.load_state_dict(weights, assign=True)
+    hf_model.tie_weights()  # one tensor for the token table and the head again, as assigning gave each its own
     hf_model.generation_config = transformers.GenerationConfig(
         bos_token_id=eot_token, eos_token_id=eot_token, pad_token_id=eot_token
     )
     return hf_model.eval()
 
 
+# tiktoken has no public accessor for an encoding's ranks, pattern and special tokens: `_mergeable_ranks`, `_pat_str`
+# and `_special_tokens` are the attributes its constructor keeps them in (as in tiktoken 0.7 to 0.14).
 def vocab_and_merges(enc: tiktoken.Encoding) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """GPT-2's vocab.json and merges.txt contents for a tiktoken encoding: its ranks are the ids (tokens written in
     GPT-2's byte-to-unicode alphabet), its special tokens keep theirs. The merges are transformers' own extraction

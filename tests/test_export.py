@@ -2,6 +2,8 @@
 and our token ids; and the export's refusals, one line each, nothing written."""
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,11 @@ def test_gpt2_model_exports_gpt2s_files_and_tokenizer_offline(tmp_path, capsys):
     shakespeare = Path("/work/shared/data/tinyshakespeare/input.txt")
     text = (shakespeare.read_text()[:20000] if shakespeare.is_file() else "") + TEXT
     assert hf_tok(text)["input_ids"] == enc.encode(text)
+    classic = tmp_path / "classic"  # GPT-2's two classic files alone give the same ids
+    classic.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(out / name, classic)
+    assert transformers.GPT2Tokenizer.from_pretrained(classic)(text)["input_ids"] == enc.encode(text)
     assert hf_tok.decode(enc.encode(TEXT)) == TEXT
     assert_same_logits(model, hf_model, torch.tensor([enc.encode(TEXT)[:32]]))
 
@@ -161,4 +168,13 @@ def test_a_tokenizer_gpt2s_class_cannot_express_is_refused_in_one_line(tmp_path,
     monkeypatch.setattr("minigpt.export.get_tokenizer", lambda name: digits)
     code, _, err = export(capsys, "--ckpt", ckpt, "--out", tmp_path / "hf")
     assert code == 2 and "tokenizer 'digits' cannot be exported yet" in one_error_line(err)
+    assert no_export_written(tmp_path)
+
+
+def test_missing_transformers_names_the_extra(tmp_path, capsys, monkeypatch):
+    ckpt = tmp_path / "last.ckpt"
+    write_checkpoint(ckpt)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    code, _, err = export(capsys, "--ckpt", ckpt, "--out", tmp_path / "hf")
+    assert code == 2 and "needs the transformers package: pip install 'minigpt[hf]'" in one_error_line(err)
     assert no_export_written(tmp_path)

@@ -2,6 +2,9 @@
 weights, saved to a temporary folder, stands in for OpenAI's; our own checkpoints too."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,8 +70,11 @@ def test_a_run_from_a_hf_directory_starts_from_its_weights_with_their_shape(in_t
     assert (config.n_layer, config.n_head, config.n_embd, config.vocab_size) == (2, 2, 16, 50257)
     assert config.block_size == cli.datamodule.block_size == 32  # the position table cropped from 64
     assert cli.datamodule.tokenizer == cli.model.tokenizer == "gpt2"  # the weights' own
-    # Same logits, so the same loss: fine-tuning starts where the weights are.
     torch.testing.assert_close(logits(cli.model.model.eval(), IDS), logits(hf_model, IDS), atol=1e-5, rtol=0)
+    # Fine-tuning starts at the weights' loss (transformers shifts the labels itself).
+    with torch.no_grad():
+        _, loss = cli.model.model(IDS[:, :-1], IDS[:, 1:])
+        torch.testing.assert_close(loss, hf_model(IDS, labels=IDS).loss, atol=1e-5, rtol=0)
 
 
 def test_two_steps_at_lr_1e_9_export_to_the_directorys_logits(in_tmp):
@@ -163,3 +169,14 @@ def test_the_shipped_small_recipe_fine_tunes_a_stand_in_for_gpt2(in_tmp):
     assert resolved["model"]["block_size"] == 64  # the stand-in's position table: the config leaves it to the weights
     assert resolved["model"]["learning_rate"] == resolved["model"]["min_lr"] == 3e-5  # constant
     assert load(in_tmp / "runs" / "small" / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+def test_gpt2_weights_not_cached_offline_are_one_line_and_no_run(in_tmp):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(in_tmp / "hf")}  # an empty cache
+    result = subprocess.run(
+        [sys.executable, "-m", "minigpt", "train", *FINETUNE, "--model.init_from", "gpt2-medium"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert "GPT-2 weights 'gpt2-medium' are not in the HuggingFace cache" in one_error_line(result.stderr)
+    assert not (in_tmp / "runs").exists()
