@@ -102,6 +102,9 @@ ROWS = [
     Row("step-baby-fp32", 120, "2: the baby config in float32, TF32 on", smoke=False, command=(
         "benchmarks/bench_train_step.py", "--device", "cuda", "--configs", "baby", "--precision", "32", "--tf32",
         "--variants", "eager", "compile")),
+    Row("hellaswag", 90, "HellaSwag during training: a 124M step beside the scoring of 256 stand-in examples in bf16, "
+        "priced over configs/gpt2_124m.yaml's run", smoke=False,
+        command=("benchmarks/bench_hellaswag.py", "--device", "cuda")),
 ]  # fmt: skip
 BY_NAME = {row.name: row for row in ROWS}
 

@@ -1,10 +1,11 @@
-"""The `minigpt` command, also `python -m minigpt`: train, sample, attention, prepare, export; each its own options.
+"""The `minigpt` command, also `python -m minigpt`: train, sample, attention, prepare, export, eval; each its options.
 
 minigpt train [--config NAME_OR_FILE] [--model.* ...] [--data.* ...] [--trainer.* ...]
 minigpt sample [--ckpt FILE] [--prompt TEXT] ...
 minigpt attention [--ckpt FILE] --prompt TEXT --out MAPS.html|MAPS.png
 minigpt prepare [--config NAME_OR_FILE] [--data.* ...]
 minigpt export --ckpt FILE --out DIR [--force]
+minigpt eval (--ckpt FILE | --init-from gpt2) --task hellaswag [--data FILE.jsonl] [--limit N] [--out R.json]
 minigpt COMMAND --help
 """
 
@@ -17,6 +18,7 @@ COMMANDS = {
     "attention": "draw a prompt's attention (explorer page or PNGs) and print the head scores",
     "prepare": "build the token cache of a config's data, without training",
     "export": "write a checkpoint as a HuggingFace GPT-2 directory (transformers, lm_eval)",
+    "eval": "score a checkpoint or GPT-2 on a benchmark (HellaSwag, completion style)",
 }
 
 
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from minigpt.export import main as export
 
         return export(rest, prog)
+    if command == "eval":
+        from minigpt.evaluate import main as evaluate
+
+        return evaluate(rest, prog)
     print(f"error: unknown command {command!r}: use one of {', '.join(COMMANDS)} (see minigpt --help)", file=sys.stderr)
     return 2
 

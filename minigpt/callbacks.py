@@ -1,4 +1,5 @@
-"""Training callbacks: a plain progress line for non-interactive logs, a checkpoint on Ctrl-C, attention maps."""
+"""Training callbacks: a plain progress line for non-interactive logs, a checkpoint on Ctrl-C, attention maps,
+HellaSwag."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from minigpt.errors import UserError
 from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.generate import encode_prompt
+from minigpt.hellaswag import Counts, Example, load_examples, score
 from minigpt.inspect import (
     MIN_REPEATED_TOKENS,
     SCORES,
@@ -259,3 +261,65 @@ def score_rows(scores: dict[str, torch.Tensor]) -> list[list]:
     """Head scores (name -> (n_layer, nh)) as table rows: layer, head, then each score in SCORES' order."""
     table = torch.stack([scores[name] for name in SCORES], dim=-1)  # (n_layer, nh, len(SCORES))
     return [[layer, head, *values] for layer, heads in enumerate(table.tolist()) for head, values in enumerate(heads)]
+
+
+class HellaSwag(L.Callback):
+    """HellaSwag in completion style (`minigpt.hellaswag`) every few validation runs, as build-nanogpt scores it
+    while training: logs `eval/hellaswag_acc` and `eval/hellaswag_acc_norm`.
+
+    Under DDP each process scores every world_size-th example, from its rank on, and the counts are summed.
+    """
+
+    def __init__(
+        self,
+        hellaswag_every: int = 0,
+        hellaswag_data: str | None = None,
+        hellaswag_limit: int | None = None,
+        batch_size: int = 8,
+    ):
+        """
+        Args:
+            hellaswag_every: Score HellaSwag at every n-th validation run; 0 never does (the default).
+            hellaswag_data: Where its examples come from: a HellaSwag jsonl file, or null for the hub's
+                Rowan/hellaswag validation split (10,042 examples; downloaded once into the `datasets` cache).
+            hellaswag_limit: Score only the first N examples (null: all of them).
+            batch_size: Examples per forward pass (their 4 endings each).
+        """
+        if hellaswag_every < 0:
+            raise UserError(f"eval.hellaswag_every={hellaswag_every} must be >= 0 (0: never)")
+        if hellaswag_limit is not None and hellaswag_limit < 1:
+            raise UserError(f"eval.hellaswag_limit={hellaswag_limit}: give a number of examples >= 1, or null for all")
+        if batch_size < 1:
+            raise UserError(f"eval.batch_size={batch_size} must be >= 1")
+        self.every = hellaswag_every
+        self.batch_size = batch_size
+        # Read now, before the run writes anything: a missing file or no network is one line, not a failed run.
+        self.examples: list[Example] = load_examples(hellaswag_data, hellaswag_limit) if hellaswag_every else []
+        self._validations = 0
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.every or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._validations += 1
+        if self._validations % self.every:
+            return
+        share = self.examples[trainer.global_rank :: trainer.world_size]
+        enc = get_tokenizer(pl_module.tokenizer)
+        # Eager even when training compiled the model: every batch of endings has a length of its own.
+        with torch.compiler.set_stance("force_eager"):
+            mine = score(
+                pl_module.model, enc, share, batch_size=self.batch_size,
+                forward_context=trainer.precision_plugin.forward_context,
+            )  # fmt: skip
+        mine_tensor = torch.tensor([mine.correct, mine.correct_norm, mine.n], device=pl_module.device)
+        counts = Counts(*trainer.strategy.reduce(mine_tensor, reduce_op="sum").tolist())  # every rank's, summed
+        # The same values on every rank; sync_dist keeps Lightning's epoch-level logging in step across them.
+        pl_module.log("eval/hellaswag_acc", counts.acc, sync_dist=True)
+        pl_module.log("eval/hellaswag_acc_norm", counts.acc_norm, sync_dist=True)
+
+    # Saved in checkpoints, so a resumed run scores at the same validation runs as an uninterrupted one.
+    def state_dict(self) -> dict:
+        return {"validations": self._validations}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._validations = state_dict["validations"]

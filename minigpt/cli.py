@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from minigpt.callbacks import AttentionMaps, PrintProgress, SaveLastOnInterrupt
+from minigpt.callbacks import AttentionMaps, HellaSwag, PrintProgress, SaveLastOnInterrupt
 from minigpt.checkpoint import load_checkpoint, load_weights
 from minigpt.checkpoint_io import AtomicCheckpointIO
 from minigpt.console import ModelSummaryTable, StepProgressBar, quiet_lightning, report
@@ -126,6 +126,7 @@ class MiniGPTCLI(LightningCLI):
         parser.add_argument("--sample_prompt", type=str, default="", help="Prompt of that sample.")
         # Configurable as attention_maps.* in YAML and on the command line; LightningCLI adds it to the callbacks.
         parser.add_lightning_class_args(AttentionMaps, "attention_maps")
+        parser.add_lightning_class_args(HellaSwag, "eval")  # --eval.hellaswag_every N and where its examples are
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.link_arguments("model.block_size", "data.block_size", apply_on="parse")
 

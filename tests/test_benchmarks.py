@@ -62,3 +62,9 @@ def test_interleaved_rotates_the_order_every_round_and_returns_what_the_timed_ca
     returned = common.interleaved(fns, torch.device("cpu"), repeats=3, warmup=1)
     assert "".join(calls) == "abc" + "abc" + "bca" + "cab"  # the warm-up, then rounds 1 to 3
     assert returned == {"a": ["a4", "a9", "a11"], "b": ["b5", "b7", "b12"], "c": ["c6", "c8", "c10"]}
+
+
+def test_hellaswag_benchmark_quick_prints_the_share_of_training():
+    lines = quick_run("bench_hellaswag.py")
+    assert [line.split()[0] for line in lines[-3:-1]] == ["training", "8"]  # the step, the 8 examples scored
+    assert lines[-1].startswith("summary: HellaSwag costs ") and "76 evaluations of 10042 examples" in lines[-1]

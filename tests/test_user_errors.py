@@ -180,7 +180,8 @@ def test_unknown_command_is_one_line_and_exit_2(capsys):
     assert minigpt(["fit"]) == 2
     assert (
         capsys.readouterr().err
-        == "error: unknown command 'fit': use one of train, sample, attention, prepare, export (see minigpt --help)\n"
+        == "error: unknown command 'fit': use one of train, sample, attention, prepare, export, eval "
+        "(see minigpt --help)\n"
     )
 
 
