@@ -127,19 +127,79 @@ def repeated_random_tokens(candidates: torch.Tensor, n_tokens: int, count: int =
     return torch.cat([half, half], dim=1)  # (count, 2n)
 
 
-def induction_loss(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Mean loss of `model` (a GPT) on the second halves of tokens (B, 2n), random halves shown twice.
+def induction_targets(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (B, 2n - 1) each for tokens (B, 2n), random halves shown twice: the targets are the
+    second halves' tokens but their first, every other target -1 (ignored by the loss).
 
     The second half's first token is left out: nothing before it says what it is. Every later one is the token
     that followed the previous one in the first half, so a model that does induction predicts it. Without, it
     can do no better than guess among the tokens it has seen.
     """
     n = tokens.size(1) // 2
-    tokens = tokens.to(model.lm_head.weight.device)
     x, y = tokens[:, :-1], tokens[:, 1:].clone()  # (B, 2n - 1) each: y[:, j] is token j + 1
     y[:, :n] = -1  # ignored: the first half's tokens and the second half's first
+    return x, y
+
+
+def induction_loss(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean loss of `model` (a GPT) on the second halves of tokens (B, 2n), random halves shown twice (the targets
+    of `induction_targets`)."""
+    x, y = induction_targets(tokens.to(model.lm_head.weight.device))
     with evaluating(model):
         # forward, not __call__: training compiles the model in place (GPTModule), and __call__ would run the
         # compiled graph, which these shapes, not training's, would make compile a second time.
         _, loss = model.forward(x, y)
     return loss
+
+
+def head_ablation(model, tokens: torch.Tensor) -> torch.Tensor:
+    """How much `induction_loss(model, tokens)` rises when each head's output is zeroed: (n_layer, n_head), CPU.
+
+    A head is zeroed as TransformerLens's zero-ablation of `hook_z` does: its slice of the heads' outputs, side by
+    side before the output projection `c_proj`, is set to 0 (the projection's bias stays). The rest of the model
+    runs as it is, so the rise is the head's whole effect on the loss, through every later layer. Positive: the
+    model needs the head to do induction; about 0: it does not use it there; negative: the head hurts.
+
+    Each layer runs its blocks once for all its heads: the residual stream before layer L is computed once, then
+    the layer and those above it run on n_head copies of it, copy h with head h zeroed (the copies side by side in
+    the batch). That is n_head * (n_layer - L) block passes for layer L, about half of n_layer * n_head forwards.
+    """
+    x, y = induction_targets(tokens.to(model.lm_head.weight.device))  # (B, T) each
+    B, T = x.shape
+    n_layer, n_head = model.config.n_layer, model.config.n_head
+    blocks = model.transformer.h
+    rises = torch.zeros(n_layer, n_head)
+    with evaluating(model):
+        _, clean = model.forward(x, y)
+        residual = model.embed(x, torch.arange(T, device=x.device))  # (B, T, C): the stream entering layer 0
+        for layer, block in enumerate(blocks):
+            keep = 1 - torch.eye(n_head, dtype=residual.dtype, device=residual.device)  # (copy, head): copy h drops h
+            handle = block.attn.c_proj.register_forward_pre_hook(zero_heads_hook(keep, n_head))
+            try:
+                stream = block(residual.repeat(n_head, 1, 1))  # (n_head * B, T, C), copy h first
+            finally:
+                handle.remove()
+            for above in blocks[layer + 1 :]:
+                stream = above(stream)
+            logits = model.lm_head(model.transformer.ln_f(stream))  # (n_head * B, T, padded vocab)
+            losses = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), y.repeat(n_head, 1).flatten(), ignore_index=-1, reduction="none"
+            ).view(n_head, -1)  # (copy, B * T): 0 at ignored targets
+            counted = (y != -1).sum()
+            rises[layer] = (losses.sum(dim=1) / counted - clean).float().cpu()
+            residual = block(residual)  # (B, T, C): the clean stream entering the next layer
+    return rises
+
+
+def zero_heads_hook(keep: torch.Tensor, n_head: int):
+    """A forward pre-hook for `c_proj` that multiplies its input, the heads' outputs side by side, (copies * B, T,
+    C), head by head by keep (copies, n_head): 0 zeroes a head's slice in that copy, 1 keeps it."""
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+        (z,) = args
+        copies = keep.size(0)
+        N, T, C = z.shape
+        heads = z.view(copies, N // copies, T, n_head, C // n_head)  # (copies, B, T, nh, hs)
+        return ((heads * keep[:, None, None, :, None]).view(N, T, C),)
+
+    return hook
