@@ -15,10 +15,16 @@ pattern of (query, key) pairs:
 On random tokens shown twice (`repeated_random_tokens`), where duplicates and induction are well defined, only
 the second half's queries have a duplicate or an induction key: a perfect duplicate-token or induction head
 scores 0.5 there, a perfect previous-token head (T - 1) / T.
+
+On random tokens of one length n shown twice, a head that looks n - 1 tokens back lands on every induction key
+and copies the right token, without doing induction. `InductionProbes` holds such sequences at three lengths and
+averages the scores, the induction loss and the head ablation over them: a head keyed on one distance is right at
+one length only, and scores a third of what an induction head does.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +34,8 @@ SCORES = ("previous_token", "duplicate_token", "induction")
 # Random tokens shown twice need at least 3 for the three patterns to fall on different cells: with 1 the
 # duplicate key is the previous one, with 2 the induction key is.
 MIN_REPEATED_TOKENS = 3
+# The longest of three probe lengths, spaced from about half of it up: 5 is the least with three distinct (5, 4, 3).
+MIN_LONGEST_PROBE = 5
 
 
 @contextmanager
@@ -112,19 +120,75 @@ def head_scores(model, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     return pattern_scores(probe_attention(model, ids.tolist()), ids)
 
 
-def repeated_random_tokens(candidates: torch.Tensor, n_tokens: int, count: int = 1, seed: int = 0) -> torch.Tensor:
+def repeated_random_tokens(
+    candidates: torch.Tensor, n_tokens: int, count: int = 1, seed: int = 0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """count sequences of n_tokens distinct ids drawn from candidates (V,), each followed by itself: (count, 2n).
 
-    Seeded with its own generator: the same sequences every call, and the global random state is left alone.
+    weights (V,): how often each candidate is drawn relative to the others (e.g. its count in a text), None for
+    evenly; the ids of one sequence are drawn one after another without replacement. Seeded with its own
+    generator: the same sequences every call, and the global random state is left alone.
     """
     if not MIN_REPEATED_TOKENS <= n_tokens <= candidates.numel():
         raise ValueError(
             f"n_tokens={n_tokens} must lie in [{MIN_REPEATED_TOKENS}, {candidates.numel()}] (the candidate ids)"
         )
+    weights = torch.ones(candidates.numel()) if weights is None else weights.double().cpu()
     generator = torch.Generator().manual_seed(seed)
-    picks = torch.stack([torch.randperm(candidates.numel(), generator=generator)[:n_tokens] for _ in range(count)])
+    picks = torch.stack(
+        [torch.multinomial(weights, n_tokens, replacement=False, generator=generator) for _ in range(count)]
+    )  # (count, n): indices into candidates
     half = candidates.cpu()[picks]  # (count, n)
     return torch.cat([half, half], dim=1)  # (count, 2n)
+
+
+def probe_lengths(longest: int) -> tuple[int, int, int]:
+    """Three lengths of random halves, longest first: longest, about half of it (at least MIN_REPEATED_TOKENS) and
+    the one midway. 32 gives (32, 24, 16)."""
+    if longest < MIN_LONGEST_PROBE:
+        raise ValueError(f"the longest probe must hold at least {MIN_LONGEST_PROBE} tokens, got {longest}")
+    shortest = max(MIN_REPEATED_TOKENS, (longest + 1) // 2)
+    return longest, (longest + shortest) // 2, shortest
+
+
+@dataclass(frozen=True)
+class InductionProbes:
+    """Random tokens shown twice at the three `probe_lengths`, for measures no fixed distance can fake.
+
+    Each measure is the mean over the lengths of its value at each length: head scores on the first sequence of a
+    length, the induction loss and the head ablation on all of them.
+    """
+
+    sequences: tuple[torch.Tensor, ...]  # per length, longest first: (count, 2n)
+
+    @classmethod
+    def draw(
+        cls, candidates: torch.Tensor, longest: int, count: int, seed: int, weights: torch.Tensor | None = None
+    ) -> "InductionProbes":
+        """count sequences of each length drawn by `repeated_random_tokens` (a seed of its own per length)."""
+        return cls(
+            tuple(
+                repeated_random_tokens(candidates, n, count, seed + i, weights)
+                for i, n in enumerate(probe_lengths(longest))
+            )
+        )
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(tokens.size(1) // 2 for tokens in self.sequences)
+
+    def head_scores(self, model) -> dict[str, torch.Tensor]:
+        """`head_scores` of `model` (a GPT), name -> (n_layer, n_head), averaged over the lengths."""
+        per_length = [head_scores(model, tokens[0]) for tokens in self.sequences]
+        return {name: torch.stack([scores[name] for scores in per_length]).mean(dim=0) for name in SCORES}
+
+    def induction_loss(self, model) -> torch.Tensor:
+        """`induction_loss` of `model` (a GPT), averaged over the lengths."""
+        return torch.stack([induction_loss(model, tokens) for tokens in self.sequences]).mean()
+
+    def head_ablation(self, model) -> torch.Tensor:
+        """`head_ablation` of `model` (a GPT), (n_layer, n_head), averaged over the lengths."""
+        return torch.stack([head_ablation(model, tokens) for tokens in self.sequences]).mean(dim=0)
 
 
 def induction_targets(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,10 @@
-"""Head ablation: the rise of the induction loss with one head zeroed, against hooks and hand-made circuits."""
+"""Head ablation (the rise of the induction loss with one head zeroed) against hooks and hand-made circuits, and
+the probes of three lengths that a head keyed on one distance cannot fool."""
 
 import pytest
 import torch
 
-from minigpt.inspect import head_ablation, induction_loss, repeated_random_tokens
+from minigpt.inspect import InductionProbes, head_ablation, head_scores, induction_loss, repeated_random_tokens
 from minigpt.model import GPT, GPTConfig
 from tests.circuits import V, fixed_distance_model, induction_model
 
@@ -68,3 +69,19 @@ def test_a_fixed_distance_head_matters_at_its_length_only():
     assert head_ablation(model, at_its_length)[0, 0] > 4
     for n in (5, 8):  # elsewhere it copies the wrong token: zeroing it lowers the loss
         assert head_ablation(model, repeated_random_tokens(torch.arange(V), n, count=8))[0, 0] < -1
+
+
+# --- probes of three lengths -------------------------------------------------------------------------------
+def test_a_fixed_distance_head_scores_as_induction_at_one_length_and_not_on_the_mix():
+    probes = InductionProbes.draw(torch.arange(V), longest=8, count=8, seed=0)
+    assert probes.lengths == (8, 6, 4)
+    faker, real = fixed_distance_model(8), induction_model()  # faker: head 0.0; real: head 1.0
+    at_one_length = head_scores(faker, probes.sequences[0][0])["induction"][0, 0]
+    assert at_one_length == pytest.approx(0.5, abs=1e-3)  # a perfect induction head's score on that probe
+    assert probes.head_scores(faker)["induction"][0, 0] < 0.25
+    assert probes.head_scores(real)["induction"][1, 0] > 0.4  # the real pattern stays high at every length
+    assert induction_loss(faker, probes.sequences[0]) < 0.01 < 3 < probes.induction_loss(faker)
+    assert probes.induction_loss(real) < 0.25
+    # The mixed ablation is the mean of each length's.
+    per_length = torch.stack([head_ablation(real, tokens) for tokens in probes.sequences])
+    torch.testing.assert_close(probes.head_ablation(real), per_length.mean(dim=0))
