@@ -1,9 +1,9 @@
 """Cost of all attention-map work as a share of training time, at the callback's default frequency.
 
-Timed side by side and interleaved on one model of a config: a training step (forward, backward, gradient
-clipping, AdamW: what train.py runs per step, without Lightning's loop, so a little faster), one drawing of the
-AttentionMaps callback (the probe's forward pass, one PNG per layer, the per-head summaries, head scores and head
-ablation to a CSV logger: everything `draw` does), the parts of a drawing on their own (to show where its time goes), and the
+Timed side by side and interleaved on one model of a config: a training step (forward, backward, gradient clipping,
+AdamW: what train.py runs per step, without Lightning's loop, so a little faster), one drawing of the AttentionMaps
+callback (the probe's forward pass, one PNG per layer, the per-head summaries, head scores and head ablation to a
+CSV logger: everything `draw` does), the parts of a drawing on their own (to show where its time goes), and the
 induction loss the callback computes at every validation. A run of the config with the callback's defaults then
 costs
 
