@@ -11,14 +11,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from minigpt.errors import UserError
 from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.generate import encode_prompt
-from minigpt.inspect import MIN_LONGEST_PROBE, SCORES, InductionProbes, probe_attention
+from minigpt.inspect import (
+    ABLATION,
+    INDUCTION_SEQUENCES,
+    MIN_LONGEST_PROBE,
+    REPEATS_SEED,
+    SCORE_PROBE_TOKENS,
+    SCORES,
+    InductionProbes,
+    probe_attention,
+)
 from minigpt.plots import MAX_DRAWN_TOKENS, crop_to_block, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
-SCORE_PROBE_TOKENS = 32  # the default, where block_size and the validation text allow
-INDUCTION_SEQUENCES = 8  # per length: the loss at a length is a mean over 8 x (length - 1) predictions
-REPEATS_SEED = 1234  # the random tokens of the score probes and the induction sequences
-ABLATION = "induction_ablation"  # the head ablation's name among the per-head scalars and table columns
 VAL_SCAN = 1 << 22  # validation tokens looked at for the ids to draw them from: enough to meet every common one
 
 

@@ -36,6 +36,10 @@ SCORES = ("previous_token", "duplicate_token", "induction")
 MIN_REPEATED_TOKENS = 3
 # The longest of three probe lengths, spaced from about half of it up: 5 is the least with three distinct (5, 4, 3).
 MIN_LONGEST_PROBE = 5
+SCORE_PROBE_TOKENS = 32  # the longest probe by default, where block_size and the text allow
+INDUCTION_SEQUENCES = 8  # per length: the loss at a length is a mean over 8 x (length - 1) predictions
+REPEATS_SEED = 1234  # the random tokens of the score probes and the induction sequences
+ABLATION = "induction_ablation"  # the head ablation's name beside the head scores
 
 
 @contextmanager
