@@ -9,7 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.distributed.fsdp import FullyShardedDataParallel
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from minigpt.errors import LossNotFinite, UserError
 from minigpt.memory import parameter_count
@@ -112,8 +112,7 @@ class GPTModule(L.LightningModule):
             self.model.compile(mode=compile.compile_mode)
         self.flops_per_token = flops_per_token(config, config.block_size)
         self.val_loss = MeanMetric()
-        self.val_early_loss = MeanMetric()  # at icl_positions' early position of each validation window
-        self.val_late_loss = MeanMetric()  # at its late position
+        self.icl_score = ICLScore()
         # A device-side flag set when a loss is NaN/inf; read only where Lightning syncs anyway (logging, saving),
         # so the training step itself never waits on the GPU.
         self.register_buffer("_nonfinite_loss", torch.zeros((), dtype=torch.bool), persistent=False)
@@ -141,15 +140,13 @@ class GPTModule(L.LightningModule):
         # vocabulary's logits: padding ids (pad_vocab_multiple), never sampled, are not among the predictions.
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)  # (B, T)
         self.val_loss.update(losses.mean())
-        early, late = icl_positions(y.size(1))
-        self.val_early_loss.update(losses[:, early].mean())
-        self.val_late_loss.update(losses[:, late].mean())
+        self.icl_score.update(losses)
 
     def on_validation_epoch_end(self) -> None:
-        val_loss = self.val_loss.compute()  # synced across ranks by torchmetrics, as the two below
-        icl_score = self.val_late_loss.compute() - self.val_early_loss.compute()
-        for metric in (self.val_loss, self.val_early_loss, self.val_late_loss):
-            metric.reset()
+        val_loss = self.val_loss.compute()  # synced across ranks by torchmetrics, as the ICL score
+        icl_score = self.icl_score.compute()
+        self.val_loss.reset()
+        self.icl_score.reset()
         self.log("val/loss", val_loss, prog_bar=True)
         self.log("val/ppl", torch.exp(val_loss))
         self.log("val/icl_score", icl_score)
@@ -259,6 +256,27 @@ def flops_per_token(config: GPTConfig, T: int) -> float:
     padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
     n = parameter_count(config) - position_table - padding
     return 6 * n + 12 * config.n_layer * config.n_embd * T
+
+
+class ICLScore(Metric):
+    """The in-context-learning score of validation windows: the mean loss at `icl_positions`' late position minus
+    that at its early one, over every window given to `update` (summed across ranks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("early", default=torch.tensor(0.0), dist_reduce_fx="sum")  # summed over windows
+        self.add_state("late", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("windows", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, losses: torch.Tensor) -> None:
+        """losses: (B, T), the loss at every position of B windows."""
+        early, late = icl_positions(losses.size(1))
+        self.early += losses[:, early].float().sum()
+        self.late += losses[:, late].float().sum()
+        self.windows += losses.size(0)
+
+    def compute(self) -> torch.Tensor:
+        return (self.late - self.early) / self.windows
 
 
 def icl_positions(T: int) -> tuple[int, int]:
