@@ -108,11 +108,12 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
             weights, token_labels(enc, ids), lambda layer: out.with_name(f"{out.stem}-layer{layer}.png"), note
         )
     columns = {**summaries, **scores}
-    print(f"{'layer':>5} {'head':>4}", *(f"{name:>15}" for name in columns))
+    widths = [max(15, len(name)) for name in columns]  # values right-aligned under their names
+    print(f"{'layer':>5} {'head':>4}", *(f"{name:>{width}}" for name, width in zip(columns, widths, strict=True)))
     table = torch.stack([values.cpu() for values in columns.values()], dim=-1)  # (n_layer, nh, columns)
     for layer, heads in enumerate(table.tolist()):
         for head, values in enumerate(heads):
-            print(f"{layer:>5} {head:>4}", *(f"{value:>15.3f}" for value in values))
+            print(f"{layer:>5} {head:>4}", *(f"{v:>{w}.3f}" for v, w in zip(values, widths, strict=True)))
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
 
 
