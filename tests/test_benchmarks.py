@@ -45,9 +45,9 @@ def test_run_all_quick_completes_and_prints_its_table():
 
 def test_attention_maps_benchmark_quick_prints_every_part_and_the_share():
     lines = quick_run("bench_attention_maps.py")
-    assert lines[-8].split() == ["median", "per", "run", "seconds", "per", "run", "of", "training"]
-    rows = [line.strip().split("  ")[0] for line in lines[-7:-1]]
-    parts = ["of which probe and PNGs", "of which head scores", "of which explorer page"]
+    assert lines[-9].split() == ["median", "per", "run", "seconds", "per", "run", "of", "training"]
+    rows = [line.strip().split("  ")[0] for line in lines[-8:-1]]
+    parts = ["of which probe and PNGs", "of which head scores", "of which head ablation", "of which explorer page"]
     assert rows == ["training step", "drawing", *parts, "induction loss"]
     assert lines[-1].startswith("summary: attention maps cost ") and "induction loss at 3 validations" in lines[-1]
 
