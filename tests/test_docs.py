@@ -210,12 +210,18 @@ def test_documented_command_parses(where, argv, tmp_path, monkeypatch):
     assert problem is None, f"{where}: {problem}"
 
 
+RUN_CHECKPOINT = re.compile(r"runs/([^/]+)/checkpoints/")
+
+
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory) -> Path:
-    """A folder with runs/demo's checkpoints (a tiny byte-level model) and the prompt files the pages name."""
+    """A folder with the checkpoints of every run the pages' commands name (runs/demo and any other
+    runs/NAME/checkpoints/...), each a tiny byte-level model."""
     folder = tmp_path_factory.mktemp("docs")
-    for name in ("best.ckpt", "last.ckpt"):
-        write_checkpoint(folder / "runs" / "demo" / "checkpoints" / name, CONFIG)
+    runs = {"demo"} | {m[1] for _, argv in COMMANDS for word in argv if (m := RUN_CHECKPOINT.match(word))}
+    for run in runs:
+        for name in ("best.ckpt", "last.ckpt"):
+            write_checkpoint(folder / "runs" / run / "checkpoints" / name, CONFIG)
     return folder
 
 
