@@ -8,6 +8,7 @@ feeds tokens at their positions, returning the last position's logits.
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,12 @@ class GPTConfig:
     """Round the embedding and LM-head rows up to a multiple of this (64 or 128: GPT-2's 50257 becomes 50304, as
     in nanoGPT, so the LM head's matmuls get aligned shapes and faster GPU kernels). The extra ids never appear in
     the data; the model's logits stop at vocab_size, so they are never sampled either."""
+    mlp: bool = True
+    """Each block has an MLP after its attention, as GPT-2's do; false: attention-only blocks, the toy models in which
+    induction heads were first studied (Elhage et al. 2021), which form them within minutes on a CPU."""
+    position_embedding: Literal["learned", "sinusoidal"] = "learned"
+    """The position table: `learned` (GPT-2's) or `sinusoidal`, the fixed table of Vaswani et al. (2017), never
+    trained: every position is told apart from the first step, so a previous-token head forms early."""
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
@@ -53,6 +60,8 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout={self.dropout} must be in [0, 1)")
         check_heads(self.n_embd, self.n_head)
+        if self.position_embedding not in ("learned", "sinusoidal"):
+            raise UserError(f"position_embedding={self.position_embedding!r} must be learned or sinusoidal")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -77,15 +86,31 @@ class MLP(nn.Module):
         return self.dropout(y) if self.training else y
 
 
+def sinusoidal_table(block_size: int, n_embd: int, std: float = 0.02) -> torch.Tensor:
+    """Vaswani et al.'s position table (block_size, n_embd): sin and cos of position / 10000^(2i / n_embd),
+    interleaved (even columns sin, odd cos), scaled to the standard deviation std (that of the token embeddings at
+    initialisation: at its own scale of 1 the table drowns the tokens)."""
+    position = torch.arange(block_size, dtype=torch.float32)[:, None]  # (T, 1)
+    frequency = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    angles = position * frequency  # (T, ceil(C / 2))
+    table = torch.zeros(block_size, n_embd)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : n_embd // 2])
+    return table * (std * math.sqrt(2))  # sin and cos have a standard deviation of 1/sqrt(2)
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) (no MLP with config.mlp false)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        if config.mlp:
+            self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+            self.mlp = MLP(config)
+        else:
+            self.ln_2 = self.mlp = None
 
     def forward(
         self,
@@ -96,7 +121,11 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). input_pos, mask, n_keys: for decoding with a KV cache (CausalSelfAttention)."""
         x = x + self.attn(self.ln_1(x), input_pos, mask, n_keys)
-        return x + self.mlp(self.ln_2(x))
+        return self.feed_forward(x)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + mlp(ln_2(x)), (B, T, C); x itself in an attention-only block."""
+        return x if self.mlp is None else x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -122,6 +151,10 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
+        if config.position_embedding == "sinusoidal":
+            # Kept as wpe's weight, frozen: checkpoints hold it like a learned table, and the optimizer skips it.
+            self.transformer.wpe.weight.data.copy_(sinusoidal_table(config.block_size, config.n_embd))
+            self.transformer.wpe.weight.requires_grad_(False)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
