@@ -1,8 +1,8 @@
 """Cost of all attention-map work as a share of training time, at the callback's default frequency.
 
-Timed side by side and interleaved on one model of a config: a training step (forward, backward, gradient
-clipping, AdamW: what train.py runs per step, without Lightning's loop, so a little faster), one drawing of the
-AttentionMaps callback (the probe's forward pass, one PNG per layer, the per-head summaries and head scores to a
+Timed side by side and interleaved on one model of a config: a training step (forward, backward, gradient clipping,
+AdamW: what train.py runs per step, without Lightning's loop, so a little faster), one drawing of the AttentionMaps
+callback (the probe's forward pass, one PNG per layer, the per-head summaries, head scores and head ablation to a
 CSV logger: everything `draw` does), the parts of a drawing on their own (to show where its time goes), and the
 induction loss the callback computes at every validation. A run of the config with the callback's defaults then
 costs
@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import CSVLogger
 from minigpt.callbacks import AttentionMaps
 from minigpt.data import embedded_corpus
 from minigpt.explorer import token_texts, write_explorer
-from minigpt.inspect import head_scores, induction_loss, probe_attention
+from minigpt.inspect import probe_attention
 from minigpt.module import ModelOptions
 from minigpt.plots import MAX_DRAWN_TOKENS, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
@@ -107,7 +107,7 @@ def main() -> None:
     callback.ids = enc.encode_ordinary(embedded_corpus()[0])[: min(MAX_DRAWN_TOKENS, T)]
     callback.labels = token_labels(enc, callback.ids)
     callback.tokens = token_texts(enc, callback.ids)
-    callback.repeats = callback.random_repeats(None, model.config, enc.eot_token)  # score probe, induction sequences
+    callback.probes = callback.induction_probes(None, model.config, enc.eot_token)  # score probes, induction sequences
     run_dir = Path(tempfile.mkdtemp(prefix="bench-attention-maps-"))
     # A stand-in for the trainer: what the callback reads of it.
     trainer = SimpleNamespace(global_step=0, default_root_dir=str(run_dir), loggers=[CSVLogger(run_dir, name="")])
@@ -122,7 +122,8 @@ def main() -> None:
         "probe and PNGs": lambda: save_layer_maps(
             probe_attention(model, callback.ids), callback.labels, lambda layer: run_dir / f"part-{layer}.png"
         ),
-        "head scores": lambda: head_scores(model, callback.repeats[0]),
+        "head scores": lambda: callback.probes.head_scores(model),
+        "head ablation": lambda: callback.probes.head_ablation(model),
         "explorer page": lambda: write_explorer(
             run_dir / "part.html", probe_attention(model, callback.ids), callback.tokens, {}, {}
         ),
@@ -137,7 +138,7 @@ def main() -> None:
             "training step": train_step,
             "drawing": drawing,
             **parts,
-            "induction loss": lambda: induction_loss(model, callback.repeats),
+            "induction loss": lambda: callback.probes.induction_loss(model),
         },
         device,
         repeats=rounds,

@@ -12,19 +12,18 @@ from minigpt.errors import UserError
 from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
 from minigpt.generate import encode_prompt
 from minigpt.inspect import (
-    MIN_REPEATED_TOKENS,
+    ABLATION,
+    INDUCTION_SEQUENCES,
+    MIN_LONGEST_PROBE,
+    REPEATS_SEED,
+    SCORE_PROBE_TOKENS,
     SCORES,
-    head_scores,
-    induction_loss,
+    InductionProbes,
     probe_attention,
-    repeated_random_tokens,
 )
 from minigpt.plots import MAX_DRAWN_TOKENS, crop_to_block, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.tokenizer import get_tokenizer
 
-SCORE_PROBE_TOKENS = 32  # the default, where block_size and the validation text allow
-INDUCTION_SEQUENCES = 8  # a few: the loss is a mean over 8 x (score_probe_tokens - 1) predictions
-REPEATS_SEED = 1234  # the random tokens of the score probe and the induction sequences
 VAL_SCAN = 1 << 22  # validation tokens looked at for the ids to draw them from: enough to meet every common one
 
 
@@ -75,12 +74,17 @@ class AttentionMaps(L.Callback):
     - per head, `attention/layer<L>.head<H>/{entropy,prev_token,first_token}` to the logger: the mean entropy of
       its attention (nats), and the shares of attention on the previous and on the first token;
     - per head, `attention/layer<L>.head<H>/{previous_token,duplicate_token,induction}`: the head-behaviour scores
-      of `minigpt.inspect` on the score probe, seeded random tokens shown twice; to W&B also as one table,
-      `attention_scores` (columns layer, head and each score).
+      of `minigpt.inspect` on the score probes, seeded random tokens shown twice at three lengths
+      (`InductionProbes`), averaged over the lengths;
+    - per head, `attention/layer<L>.head<H>/induction_ablation`: how much the induction loss rises when the head's
+      output is zeroed (`minigpt.inspect.head_ablation`): whether the model needs the head, not only where it
+      looks. To W&B the scores and the ablation go also as one table, `attention_scores` (columns layer, head,
+      each score, induction_ablation).
 
     At every validation it also logs `val/induction_loss`: the model's mean loss on the second halves of a few
-    seeded random sequences shown twice (the score probe is the first of them), which drops sharply once the
-    model has induction heads.
+    seeded random sequences shown twice at each of the three lengths, which drops sharply once the model has
+    induction heads. Their tokens are drawn by their frequency in the validation split, so that a model of the
+    text reads familiar tokens in familiar proportions: only the repetition is new.
     """
 
     def __init__(
@@ -96,25 +100,26 @@ class AttentionMaps(L.Callback):
             at_train_end: Draw once more when training ends (unless the last validation run just drew).
             probe: Text the model reads; None takes the first 64 tokens of the validation split, so the probe
                 is fixed for a dataset. A probe longer than the model's block_size is cropped to it.
-            score_probe_tokens: Random tokens in the head-score probe, which reads them twice (2 x this many
-                tokens, at most block_size); also the length of the induction-loss sequences. At least 3. None:
-                32, or fewer where block_size or the validation text's distinct tokens allow fewer.
+            score_probe_tokens: Random tokens in the longest head-score probe, which reads them twice (2 x this
+                many tokens, at most block_size); the other two lengths are spaced down to about half of it
+                (`probe_lengths`: 32 gives 32, 24 and 16). The induction-loss sequences have the same lengths. At
+                least 5. None: 32, or fewer where block_size or the validation text's distinct tokens allow fewer.
         """
         if every_n_validations < 0:
             raise UserError(
                 f"attention_maps.every_n_validations={every_n_validations} must be >= 0 (0: only at the end)"
             )
-        if score_probe_tokens is not None and score_probe_tokens < MIN_REPEATED_TOKENS:
+        if score_probe_tokens is not None and score_probe_tokens < MIN_LONGEST_PROBE:
             raise UserError(
                 f"attention_maps.score_probe_tokens={score_probe_tokens} is too short for the head scores: give at "
-                f"least {MIN_REPEATED_TOKENS} (shown twice, the previous-token, duplicate and induction keys differ)"
+                f"least {MIN_LONGEST_PROBE} (the probes have three lengths from about half of it up, each at least 3)"
             )
         self.score_probe_tokens = score_probe_tokens
         self.every_n_validations = every_n_validations
         self.at_train_end = at_train_end
         self.probe = probe
         self.ids: list[int] = []  # the probe's tokens, set up when fitting starts
-        self.repeats = torch.empty(0, 0, dtype=torch.long)  # (INDUCTION_SEQUENCES, 2n); row 0: the score probe
+        self.probes = InductionProbes(())  # the score probes and induction sequences, set up when fitting starts
         self.labels: list[str] = []
         self.tokens: list[dict] = []  # the probe's tokens as the explorer shows them
         self.note = ""
@@ -126,7 +131,7 @@ class AttentionMaps(L.Callback):
             return
         data = trainer.datamodule
         enc = get_tokenizer(pl_module.tokenizer)  # the model's, the data's
-        self.repeats = self.random_repeats(data, pl_module.model.config, enc.eot_token)
+        self.probes = self.induction_probes(data, pl_module.model.config, enc.eot_token)
         if self.probe is None:
             if data is None or "val" not in getattr(data, "data", {}):
                 raise ValueError("attention_maps.probe is not set and there is no validation split to take it from")
@@ -148,20 +153,21 @@ class AttentionMaps(L.Callback):
     def check_block_size(self, block_size: int) -> None:
         """Refuse a score probe the model cannot read; train.py calls this before the run writes anything."""
         n = self.score_probe_tokens or min(SCORE_PROBE_TOKENS, block_size // 2)
-        if n < MIN_REPEATED_TOKENS or 2 * n > block_size:
-            fix = "set it in that range" if block_size >= 2 * MIN_REPEATED_TOKENS else "train with a larger block_size"
+        if n < MIN_LONGEST_PROBE or 2 * n > block_size:
+            fix = "set it in that range" if block_size >= 2 * MIN_LONGEST_PROBE else "train with a larger block_size"
             raise UserError(
                 f"attention_maps.score_probe_tokens={n}: the head-score probe reads that many random tokens twice, "
-                f"which needs {MIN_REPEATED_TOKENS} <= score_probe_tokens <= block_size / 2 = {block_size // 2}: {fix}"
+                f"which needs {MIN_LONGEST_PROBE} <= score_probe_tokens <= block_size / 2 = {block_size // 2}: {fix}"
             )
 
-    def random_repeats(self, data, config, eot_token: int) -> torch.Tensor:
-        """The score probe and the induction sequences: (INDUCTION_SEQUENCES, 2n), row 0 the probe.
+    def induction_probes(self, data, config, eot_token: int) -> InductionProbes:
+        """The score probes and the induction sequences: INDUCTION_SEQUENCES at each of three lengths.
 
-        Their tokens are drawn among those the validation split holds (its first VAL_SCAN tokens), when there is
-        one: a model never trains the embeddings of ids its text lacks (most of the 257 byte ids in English text),
-        and on those it could not show the induction it has learnt. Never <|endoftext|>: a model learns to forget
-        what came before it.
+        Their tokens are drawn by their frequency in the validation split (its first VAL_SCAN tokens), when there
+        is one: a model never trains the embeddings of ids its text lacks (most of the 257 byte ids in English
+        text), and on those it could not show the induction it has learnt; drawn evenly, rare tokens would make
+        most of each sequence, which a model of the text has learnt never to expect. Never <|endoftext|>: a model
+        learns to forget what came before it.
         """
         self.check_block_size(config.block_size)
         if data is not None and "val" in getattr(data, "data", {}):
@@ -171,9 +177,9 @@ class AttentionMaps(L.Callback):
             counts, source = np.ones(config.vocab_size), "the vocabulary has"
         counts[eot_token] = 0
         candidates = torch.from_numpy(np.flatnonzero(counts))  # the token ids to draw from
-        if candidates.numel() < MIN_REPEATED_TOKENS:
+        if candidates.numel() < MIN_LONGEST_PROBE:
             raise UserError(
-                f"attention_maps: the head-score probe needs {MIN_REPEATED_TOKENS} distinct tokens, and {source} "
+                f"attention_maps: the head-score probe needs {MIN_LONGEST_PROBE} distinct tokens, and {source} "
                 f"{candidates.numel()} besides <|endoftext|>: train on a text of more"
             )
         n = self.score_probe_tokens or min(SCORE_PROBE_TOKENS, config.block_size // 2, candidates.numel())
@@ -182,7 +188,8 @@ class AttentionMaps(L.Callback):
                 f"attention_maps.score_probe_tokens={n}: the head-score probe needs that many distinct tokens, and "
                 f"{source} {candidates.numel()}: set score_probe_tokens <= {candidates.numel()}"
             )
-        return repeated_random_tokens(candidates, n, count=INDUCTION_SEQUENCES, seed=REPEATS_SEED)
+        weights = torch.from_numpy(counts[candidates.numpy()])  # (candidates,): how often the split holds each
+        return InductionProbes.draw(candidates, n, INDUCTION_SEQUENCES, REPEATS_SEED, weights)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """val/induction_loss, at every validation.
@@ -194,7 +201,7 @@ class AttentionMaps(L.Callback):
         """
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        pl_module.log("val/induction_loss", induction_loss(pl_module.model, self.repeats), sync_dist=True)
+        pl_module.log("val/induction_loss", self.probes.induction_loss(pl_module.model), sync_dist=True)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -223,12 +230,14 @@ class AttentionMaps(L.Callback):
         note = ", ".join(filter(None, [f"step {step}", self.note]))
         paths = save_layer_maps(weights, self.labels, lambda layer: out_dir / f"layer-{layer}.png", note)
         summaries = layer_head_summaries(weights)  # name -> (n_layer, nh), on the probe text
-        scores = head_scores(pl_module.model, self.repeats[0])  # name -> (n_layer, nh), on the score probe
+        # name -> (n_layer, nh), on the score probes; then the ablation beside them
+        scores = self.probes.head_scores(pl_module.model) | {ABLATION: self.probes.head_ablation(pl_module.model)}
         labels = head_labels(scores, summaries)  # the text's previous-token share goes to the scalars only
         model, source = describe_model(pl_module.model.config), trainer.default_root_dir
-        n = self.repeats.size(1) // 2
+        lengths = ", ".join(map(str, self.probes.lengths))
         header = {"model": model, "step": step, "source": source, "probe": self.note,
-                  "scores": f"{', '.join(SCORES)} on {n} seeded random tokens shown twice"}  # fmt: skip
+                  "scores": f"{', '.join([*SCORES, ABLATION])} on seeded random tokens shown twice, "
+                            f"{lengths} long"}  # fmt: skip
         explorer = write_explorer(out_dir / "explorer.html", weights, self.tokens, labels, header)
         scalars = score_scalars(summaries) | score_scalars(scores)
         for logger in trainer.loggers:
@@ -238,7 +247,10 @@ class AttentionMaps(L.Callback):
 
                 for layer, path in enumerate(paths):
                     logger.log_image(f"attention_maps/layer{layer}", [str(path)], step=step, caption=[note])
-                logger.log_table("attention_scores", ["layer", "head", *SCORES], score_rows(scores), step=step)
+                columns = [*SCORES, ABLATION]
+                logger.log_table(
+                    "attention_scores", ["layer", "head", *columns], score_rows(scores, columns), step=step
+                )
                 # inject=False: W&B would otherwise add a stylesheet link, a fetch the page must not make.
                 logger.log_metrics({"attention_explorer": wandb.Html(str(explorer), inject=False)}, step=step)
         self._drawn_step = step
@@ -255,7 +267,7 @@ def score_scalars(scores: dict[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
-def score_rows(scores: dict[str, torch.Tensor]) -> list[list]:
-    """Head scores (name -> (n_layer, nh)) as table rows: layer, head, then each score in SCORES' order."""
-    table = torch.stack([scores[name] for name in SCORES], dim=-1)  # (n_layer, nh, len(SCORES))
+def score_rows(scores: dict[str, torch.Tensor], columns: list[str]) -> list[list]:
+    """Head scores (name -> (n_layer, nh)) as table rows: layer, head, then the scores named in columns."""
+    table = torch.stack([scores[name] for name in columns], dim=-1)  # (n_layer, nh, len(columns))
     return [[layer, head, *values] for layer, heads in enumerate(table.tolist()) for head, values in enumerate(heads)]

@@ -36,6 +36,7 @@ SCORE_NOTES: dict[str, tuple[str, bool]] = {
     "previous_token": ("share of attention on the previous token (on a repeated random probe)", False),
     "duplicate_token": ("share of attention on earlier copies of the query's token", False),
     "induction": ("share of attention on the token after an earlier copy of the query's token", False),
+    "induction_ablation": ("rise of the induction loss, in nats, when the head's output is zeroed", False),
 }
 
 

@@ -5,8 +5,9 @@
     minigpt attention --init-from gpt2 --prompt "The cat sat on the mat because it" --out gpt2.html
 
 The table printed has one row per head: its entropy, its shares of attention on the previous and the first token,
-and its previous-token, duplicate-token and induction scores, all on the prompt. The tokenizer and model shape come
-from the checkpoint; a prompt longer than the model's block_size is cropped to it.
+and its previous-token, duplicate-token and induction scores, all on the prompt; then its induction ablation, how
+much the loss on random tokens of the prompt shown twice rises when the head's output is zeroed. The tokenizer and
+model shape come from the checkpoint; a prompt longer than the model's block_size is cropped to it.
 """
 
 import argparse
@@ -20,7 +21,16 @@ import torch
 from minigpt.checkpoint import load_model
 from minigpt.errors import UserError, exit_code
 from minigpt.explorer import describe_model, head_labels, token_texts, write_explorer
-from minigpt.inspect import pattern_scores, probe_attention
+from minigpt.inspect import (
+    ABLATION,
+    INDUCTION_SEQUENCES,
+    MIN_LONGEST_PROBE,
+    REPEATS_SEED,
+    SCORE_PROBE_TOKENS,
+    InductionProbes,
+    pattern_scores,
+    probe_attention,
+)
 from minigpt.model import GPT
 from minigpt.plots import crop_to_block, layer_head_summaries, save_layer_maps, token_labels
 from minigpt.sample import (
@@ -81,6 +91,15 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
     weights = probe_attention(model, ids)
     summaries = layer_head_summaries(weights)  # entropy, prev_token, first_token: (n_layer, nh) each
     scores = pattern_scores(weights, torch.tensor(ids))  # previous_token, duplicate_token, induction: (n_layer, nh)
+    ablation = prompt_ablation(model, ids)
+    if ablation is None:
+        print(
+            f"note: no {ABLATION} column: it needs {MIN_LONGEST_PROBE} distinct tokens in the prompt and a block_size "
+            f"of at least {2 * MIN_LONGEST_PROBE}",
+            file=sys.stderr,
+        )
+    else:
+        scores[ABLATION] = ablation
     if out.suffix.lower() == ".html":
         header = {"model": describe_model(model.config), "source": note}
         paths = [write_explorer(out, weights, token_texts(enc, ids), head_labels(scores, summaries), header)]
@@ -90,11 +109,24 @@ def write_attention_maps(model: GPT, enc: tiktoken.Encoding, ids: list[int], out
         )
     columns = {**summaries, **scores}
     print(f"{'layer':>5} {'head':>4}", *(f"{name:>15}" for name in columns))
-    table = torch.stack([values.cpu() for values in columns.values()], dim=-1)  # (n_layer, nh, 6)
+    table = torch.stack([values.cpu() for values in columns.values()], dim=-1)  # (n_layer, nh, columns)
     for layer, heads in enumerate(table.tolist()):
         for head, values in enumerate(heads):
             print(f"{layer:>5} {head:>4}", *(f"{value:>15.3f}" for value in values))
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+
+
+def prompt_ablation(model: GPT, ids: list[int]) -> torch.Tensor | None:
+    """`head_ablation` (n_layer, nh) on random tokens of the prompt shown twice, at three lengths up to 32 tokens
+    (`InductionProbes`), drawn by how often the prompt holds them: the tokens the model is shown, in its
+    proportions. None where the prompt or block_size is too short for three lengths."""
+    counts = torch.bincount(torch.tensor(ids))  # (max id + 1,)
+    candidates = counts.nonzero().flatten()  # the prompt's distinct tokens
+    longest = min(SCORE_PROBE_TOKENS, model.config.block_size // 2, candidates.numel())
+    if longest < MIN_LONGEST_PROBE:
+        return None
+    probes = InductionProbes.draw(candidates, longest, INDUCTION_SEQUENCES, REPEATS_SEED, counts[candidates])
+    return probes.head_ablation(model)
 
 
 def run(args: argparse.Namespace) -> None:

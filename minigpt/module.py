@@ -7,6 +7,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric
 
@@ -111,6 +112,8 @@ class GPTModule(L.LightningModule):
             self.model.compile(mode=compile.compile_mode)
         self.flops_per_token = flops_per_token(config, config.block_size)
         self.val_loss = MeanMetric()
+        self.val_early_loss = MeanMetric()  # at icl_positions' early position of each validation window
+        self.val_late_loss = MeanMetric()  # at its late position
         # A device-side flag set when a loss is NaN/inf; read only where Lightning syncs anyway (logging, saving),
         # so the training step itself never waits on the GPU.
         self.register_buffer("_nonfinite_loss", torch.zeros((), dtype=torch.bool), persistent=False)
@@ -132,15 +135,24 @@ class GPTModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        _, loss = self.model(x, y)
-        self.val_loss.update(loss)
+        x, y = batch  # (B, T) each
+        logits, _ = self.model(x)  # (B, T, vocab_size)
+        # Per position, for the ICL score; their mean is the loss (no target is ignored in validation). Over the
+        # vocabulary's logits: padding ids (pad_vocab_multiple), never sampled, are not among the predictions.
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)  # (B, T)
+        self.val_loss.update(losses.mean())
+        early, late = icl_positions(y.size(1))
+        self.val_early_loss.update(losses[:, early].mean())
+        self.val_late_loss.update(losses[:, late].mean())
 
     def on_validation_epoch_end(self) -> None:
-        val_loss = self.val_loss.compute()  # synced across ranks by torchmetrics
-        self.val_loss.reset()
+        val_loss = self.val_loss.compute()  # synced across ranks by torchmetrics, as the two below
+        icl_score = self.val_late_loss.compute() - self.val_early_loss.compute()
+        for metric in (self.val_loss, self.val_early_loss, self.val_late_loss):
+            metric.reset()
         self.log("val/loss", val_loss, prog_bar=True)
         self.log("val/ppl", torch.exp(val_loss))
+        self.log("val/icl_score", icl_score)
 
     # --- throughput and health, once per logging interval ---------------------------------------------------
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -247,6 +259,16 @@ def flops_per_token(config: GPTConfig, T: int) -> float:
     padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
     n = parameter_count(config) - position_table - padding
     return 6 * n + 12 * config.n_layer * config.n_embd * T
+
+
+def icl_positions(T: int) -> tuple[int, int]:
+    """The early and the late position (0-based, in windows of T tokens) of the in-context-learning score.
+
+    Olsson et al. (2022) take the loss at the 500th token of a context minus that at the 50th: positions 499 and
+    49, where a window holds 500 tokens. A shorter window takes its last position and the one a tenth of the way
+    in, T // 10. The late token has seen more context: the more the model uses it, the more negative the score.
+    """
+    return (49, 499) if T >= 500 else (T // 10, T - 1)
 
 
 def warmup_cosine(warmup_steps: int, decay_steps: int, min_ratio: float):

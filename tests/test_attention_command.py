@@ -7,7 +7,7 @@ import torch
 
 from minigpt import checkpoint, maps
 from minigpt.__main__ import main as minigpt
-from minigpt.inspect import SCORES, head_scores
+from minigpt.inspect import ABLATION, SCORES, head_scores
 from minigpt.model import GPT, GPTConfig
 from minigpt.plots import token_labels
 from tests.explorer_pages import page_data
@@ -30,13 +30,29 @@ def test_writes_one_map_per_layer_for_a_prompt_and_prints_the_head_scores(tmp_pa
     size = expected_size(2, token_labels(BYTES, BYTES.encode_ordinary(prompt)))
     assert [png_size(tmp_path / "maps" / f"attn-layer{layer}.png") for layer in (0, 1)] == [size, size]
     table = stdout.splitlines()
-    assert table[0].split() == ["layer", "head", *SUMMARIES, *SCORES] and len(table) == 1 + 2 * 2  # no text
-    # Beside the summaries, the prompt's head scores.
-    scores = head_scores(model, torch.tensor(BYTES.encode_ordinary(prompt)))
+    assert table[0].split() == ["layer", "head", *SUMMARIES, *SCORES, ABLATION] and len(table) == 1 + 2 * 2
+    # Beside the summaries, the prompt's head scores, then the ablation on random tokens of the prompt shown twice.
+    ids = BYTES.encode_ordinary(prompt)
+    scores = head_scores(model, torch.tensor(ids)) | {ABLATION: maps.prompt_ablation(model, ids)}
     for line in table[1:]:
         layer, head, *values = line.split()
         printed = [float(value) for value in values[len(SUMMARIES) :]]
-        assert printed == pytest.approx([scores[name][int(layer), int(head)].item() for name in SCORES], abs=5e-4)
+        expected = [scores[name][int(layer), int(head)].item() for name in (*SCORES, ABLATION)]
+        assert printed == pytest.approx(expected, abs=5e-4)
+
+
+def test_the_ablation_draws_the_prompts_tokens_and_is_left_out_for_too_few(tmp_path, capsys, monkeypatch):
+    ckpt = tmp_path / "runs" / "a" / "checkpoints" / "best.ckpt"
+    model = write_checkpoint(ckpt)  # block_size 32: probes up to 16 tokens
+    drawn = []
+    monkeypatch.setattr(maps.InductionProbes, "head_ablation", lambda probes, model: drawn.append(probes) or None)
+    maps.prompt_ablation(model, BYTES.encode_ordinary("abcdefgh" * 3))
+    assert drawn[0].lengths == (8, 6, 4)  # the prompt's 8 distinct tokens: the longest probe holds all
+    assert {int(t) for tokens in drawn[0].sequences for t in tokens.flatten()} == set(b"abcdefgh")
+    out = tmp_path / "m.html"
+    code, stdout, err = run_main(capsys, "--ckpt", str(ckpt), "--prompt", "abab abab", "--out", str(out))
+    assert code == 0 and ABLATION not in stdout.splitlines()[0]
+    assert err.startswith(f"note: no {ABLATION} column: it needs 5 distinct tokens in the prompt")
 
 
 def test_maps_gpt2_with_its_bpe_tokens(tmp_path, capsys, monkeypatch):
@@ -64,7 +80,7 @@ def test_writes_the_explorer_page_for_an_html_name(tmp_path, capsys):
         "source": str(ckpt),
         "tokens": "22",
     }
-    assert [s["name"] for s in page["scores"]] == [*SCORES, "entropy", "first_token"]
+    assert [s["name"] for s in page["scores"]] == [*SCORES, ABLATION, "entropy", "first_token"]
     assert len(stdout.splitlines()) == 1 + 2 * 2  # the table of head summaries, and no generated text
 
 

@@ -18,7 +18,7 @@ from minigpt.callbacks import AttentionMaps
 from minigpt.checkpoint import load_checkpoint
 from minigpt.data import TextDataModule
 from minigpt.explorer import token_texts
-from minigpt.inspect import SCORES, head_scores
+from minigpt.inspect import SCORES
 from minigpt.model import GPT
 from minigpt.module import ModelOptions
 from minigpt.plots import MAX_DRAWN_TOKENS, draw_layer, figure_pixels, head_summaries, token_labels
@@ -29,6 +29,7 @@ from tests.wandb_records import config_and_history
 
 BYTES = get_tokenizer("bytes")
 SUMMARIES = ("entropy", "prev_token", "first_token")
+ABLATION = "induction_ablation"
 
 
 def causal_softmax(n_head: int, T: int, seed: int = 0) -> torch.Tensor:
@@ -105,11 +106,12 @@ def test_the_probe_runs_in_eval_mode_without_gradients_and_training_mode_comes_b
     callback = AttentionMaps()
     ids = list(range(97, 107))
     callback.ids, callback.labels, callback.tokens = ids, token_labels(BYTES, ids), token_texts(BYTES, ids)
-    callback.repeats = callback.random_repeats(None, module.config, BYTES.eot_token)
+    callback.probes = callback.induction_probes(None, module.config, BYTES.eot_token)
     trainer = SimpleNamespace(global_step=4, default_root_dir=str(tmp_path), loggers=[])
     module.train()
     paths = callback.draw(trainer, module)
-    assert seen == [(False, False)] * 2 and module.model.training  # the text probe, then the score probe
+    # The text probe, the three score probes, then each length's ablation: its clean loss, its layers' copies.
+    assert seen == [(False, False)] * (1 + 3 + 3 * 2) and module.model.training
     assert paths == [tmp_path / "attention" / "step-000004" / f"layer-{layer}.png" for layer in (0, 1)]
     assert (tmp_path / "attention" / "step-000004" / "explorer.html").is_file()
 
@@ -126,7 +128,7 @@ def test_an_unusable_probe_is_a_value_error_that_names_the_setting(probe, messag
     trainer = SimpleNamespace(datamodule=None, is_global_zero=True)
     with pytest.raises(ValueError, match=re.escape(message)):
         AttentionMaps(probe=probe).setup(
-            trainer, ModelOptions(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=8).build(), "fit"
+            trainer, ModelOptions(vocab_size=257, n_layer=1, n_head=1, n_embd=8, block_size=16).build(), "fit"
         )
     with pytest.raises(ValueError, match="every_n_validations=-1 must be >= 0"):
         AttentionMaps(every_n_validations=-1)
@@ -135,9 +137,9 @@ def test_an_unusable_probe_is_a_value_error_that_names_the_setting(probe, messag
 @pytest.mark.parametrize(
     "setting,message",
     [
-        ("2", "attention_maps.score_probe_tokens=2 is too short for the head scores: give at least 3"),
+        ("4", "attention_maps.score_probe_tokens=4 is too short for the head scores: give at least 5"),
         ("9", "attention_maps.score_probe_tokens=9: the head-score probe reads that many random tokens twice, which "
-         "needs 3 <= score_probe_tokens <= block_size / 2 = 8: set it in that range"),
+         "needs 5 <= score_probe_tokens <= block_size / 2 = 8: set it in that range"),
     ],
 )  # fmt: skip
 def test_a_score_probe_that_does_not_fit_is_one_line_before_anything_is_written(
@@ -155,7 +157,7 @@ def test_a_validation_text_of_too_few_distinct_tokens_for_the_score_probe_is_one
     assert train("--data.source", "text", "--data.path", "a.txt") == 2
     err = capsys.readouterr().err  # after the data preparation's progress
     assert "Traceback" not in err and err.splitlines()[-1] == (
-        "error: attention_maps: the head-score probe needs 3 distinct tokens, and the validation split holds 1 "
+        "error: attention_maps: the head-score probe needs 5 distinct tokens, and the validation split holds 1 "
         "besides <|endoftext|>: train on a text of more"
     )
     assert not list(tmp_path.glob("runs/*/checkpoints/*"))
@@ -215,25 +217,34 @@ def test_training_logs_maps_and_head_scalars_to_wandb_offline_and_saves_pngs(in_
         for layer, head, name in np.ndindex(2, 2, len(SUMMARIES + SCORES)):
             value = row[f"attention/layer{layer}.head{head}/{(SUMMARIES + SCORES)[name]}"]
             assert 0 <= value <= (math.log(16) if name == 0 else 1)
+        # After 6 steps no head matters much yet: the loss moves by less than a nat either way.
+        assert all(abs(row[f"attention/layer{layer}.head{head}/{ABLATION}"]) < 1 for layer, head in np.ndindex(2, 2))
     # One table of head scores per drawing, holding the scalars logged with it.
     tables = [row for row in history if "attention_scores/path" in row]
     assert [row["trainer/global_step"] for row in tables] == [3, 6]
     for table, row in zip(tables, scalars, strict=True):
         saved = json.loads((offline_run / "files" / table["attention_scores/path"]).read_text())
-        assert saved["columns"] == ["layer", "head", *SCORES]
+        assert saved["columns"] == ["layer", "head", *SCORES, ABLATION]
         assert saved["data"] == [
-            [layer, head, *(row[f"attention/layer{layer}.head{head}/{name}"] for name in SCORES)]
+            [layer, head, *(row[f"attention/layer{layer}.head{head}/{name}"] for name in (*SCORES, ABLATION))]
             for layer, head in np.ndindex(2, 2)
         ]
-    # The last drawing's scores are those of the last checkpoint's model on the probe the callback built.
+    # The last drawing's scores are those of the last checkpoint's model on the probes the callback built.
     model, _ = load_checkpoint(run / "checkpoints" / "last.ckpt")
     data = TextDataModule(block_size=16)
     data.setup("fit")
-    probe = AttentionMaps().random_repeats(data, model.config, BYTES.eot_token)[0]  # (16,): 8 bytes of the text, twice
-    assert torch.equal(probe[:8], probe[8:]) and len(set(probe.tolist())) == 8
-    for name, values in head_scores(model, probe).items():
+    probes = AttentionMaps().induction_probes(data, model.config, BYTES.eot_token)
+    assert probes.lengths == (8, 6, 4)  # the longest fills block_size 16
+    in_text = set(data.data["val"][:].tolist())
+    for tokens, n in zip(probes.sequences, probes.lengths, strict=True):  # (8, 2n): n bytes of the text, twice
+        assert tokens.shape == (8, 2 * n) and torch.equal(tokens[:, :n], tokens[:, n:])
+        assert all(len(set(row.tolist())) == n and set(row.tolist()) <= in_text for row in tokens)
+    logged = probes.head_scores(model) | {ABLATION: probes.head_ablation(model)}
+    for name, values in logged.items():
         for layer, head in np.ndindex(2, 2):
-            assert scalars[-1][f"attention/layer{layer}.head{head}/{name}"] == pytest.approx(values[layer, head].item())
+            assert scalars[-1][f"attention/layer{layer}.head{head}/{name}"] == pytest.approx(
+                values[layer, head].item(), abs=1e-6
+            )
     # The induction loss beside val/loss at every validation: about ln(vocab) in 6 steps, too few to learn induction.
     validations = [row for row in history if "val/loss" in row]
     assert len(validations) == 2
@@ -253,6 +264,13 @@ def test_without_wandb_a_text_probe_is_cropped_and_drawn_at_the_end_with_csv_sca
         2, token_labels(BYTES, BYTES.encode_ordinary(probe)[:16])
     )
     # The scalars with the maps: once, at the end of training.
-    rows = [row for row in csv.DictReader((run / "metrics.csv").open()) if row["attention/layer0.head1/prev_token"]]
-    assert [row["step"] for row in rows] == ["6"]
-    assert all(rows[0][f"attention/layer0.head{h}/{name}"] for h in (0, 1) for name in SUMMARIES)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    drawn = [row for row in rows if row["attention/layer0.head1/prev_token"]]
+    assert [row["step"] for row in drawn] == ["6"]
+    names = (*SUMMARIES, *SCORES, ABLATION)
+    assert all(drawn[0][f"attention/layer0.head{h}/{name}"] for h in (0, 1) for name in names)
+    # At every validation, beside the loss: the induction loss and the ICL score.
+    validations = [row for row in rows if row["val/loss"]]
+    assert [row["step"] for row in validations] == ["2", "5"]
+    for row in validations:
+        assert 0 < float(row["val/induction_loss"]) and abs(float(row["val/icl_score"])) < math.log(257)

@@ -9,9 +9,12 @@ import base64
 import matplotlib
 import numpy as np
 import pytest
+import torch
 
+from minigpt.explorer import explorer_html, token_texts
+from minigpt.plots import layer_head_summaries
 from tests.browser import browser_or_skip, chromium
-from tests.explorer_pages import PROBE, expected_bytes, page_for
+from tests.explorer_pages import BYTES, PROBE, expected_bytes, page_for, patterned_attention
 
 browser_or_skip()  # this module is skipped without a browser, or fails where CI requires one
 
@@ -227,4 +230,22 @@ def test_the_probe_text_reads_once_in_the_token_view(browser, tmp_path):
     )
     text = PROBE.encode()[:64].decode()  # the first 64 byte tokens end on a whole character
     assert "".join(shown) == text.replace(" ", "␣").replace("\n", "↵").replace("\t", "→")
+    assert console_problems(browser) == []
+
+
+def test_heads_rank_by_their_induction_ablation_negative_values_included(browser, tmp_path):
+    ids = BYTES.encode_ordinary(PROBE)[:32]
+    weights = patterned_attention(2, 3, 32)
+    ablation = torch.tensor([[0.3, -0.2, 2.5], [0.0, 1.1, -0.7]])  # nats; a head can also hurt (negative)
+    scores = layer_head_summaries(weights) | {"induction_ablation": ablation}
+    open_page(browser, tmp_path, explorer_html(weights, token_texts(BYTES, ids), scores, {"step": 1}))
+    rank = browser.find_element(By.CSS_SELECTOR, '.rank[data-score="induction_ablation"]')
+    assert "zeroed" in rank.get_attribute("title")  # the score's note says what it is
+    rank.click()
+    order = [
+        (int(h.get_attribute("data-layer")), int(h.get_attribute("data-head")))
+        for h in browser.find_elements(By.CSS_SELECTOR, "#heads .head")
+        if h.is_displayed()
+    ]
+    assert order == [(0, 2), (1, 1), (0, 0), (1, 0), (0, 1), (1, 2)]  # the heads the model needs most first
     assert console_problems(browser) == []

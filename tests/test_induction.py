@@ -40,8 +40,8 @@ def test_training_on_repeating_text_grows_an_induction_head(tmp_path, monkeypatc
         "--model.learning_rate", "3e-3", "--model.min_lr", "3e-4", "--model.warmup_steps", "30",
         "--trainer.max_steps", "800", "--trainer.val_check_interval", "200", "--trainer.num_sanity_val_steps", "0",
         "--trainer.enable_model_summary", "false", "--seed_everything", "0",
-        # Draw at every validation; the score probe: 3 random letters twice (the head-score probe must fit 16).
-        "--attention_maps.every_n_validations", "1", "--attention_maps.score_probe_tokens", "3",
+        # Draw at every validation; the score probes: 5, 4 and 3 random letters twice (they must fit 16).
+        "--attention_maps.every_n_validations", "1", "--attention_maps.score_probe_tokens", "5",
         "--name", "induction", "--logger", "csv", "--sample_tokens", "0",
     ]  # fmt: skip
     assert main(argv) == 0

@@ -12,6 +12,7 @@ from minigpt.inspect import (
     induction_loss,
     pattern_scores,
     probe_attention,
+    probe_lengths,
     repeated_random_tokens,
 )
 from minigpt.model import GPT, GPTConfig
@@ -127,6 +128,23 @@ def test_repeated_random_tokens_are_seeded_distinct_and_shown_twice():
     for n in (2, 8):
         with pytest.raises(ValueError, match=f"n_tokens={n} must lie in \\[3, 7\\]"):
             repeated_random_tokens(candidates, n)
+
+
+def test_weighted_draws_follow_the_weights_and_never_pick_a_weightless_token():
+    candidates = torch.arange(6)
+    weights = torch.tensor([0.0, 1, 1, 1, 1, 20])  # token 5 twenty times as often as 1-4 at each draw
+    tokens = repeated_random_tokens(candidates, 3, count=400, seed=0, weights=weights)  # (400, 6)
+    counts = torch.bincount(tokens[:, :3].flatten(), minlength=6)
+    assert counts[0] == 0 and counts[5] > 380  # in nearly every sequence
+    assert all(len(set(row[:3].tolist())) == 3 for row in tokens)  # still distinct within a sequence
+
+
+def test_probe_lengths_are_three_from_about_half_the_longest_up():
+    assert probe_lengths(32) == (32, 24, 16)
+    assert probe_lengths(5) == (5, 4, 3)
+    assert probe_lengths(6) == (6, 4, 3)
+    with pytest.raises(ValueError, match="at least 5 tokens, got 4"):
+        probe_lengths(4)
 
 
 def test_induction_loss_is_the_mean_loss_on_the_second_halves_after_their_first_token(model):
