@@ -4,6 +4,7 @@ the previous-token head is zeroed. The circuit's checks are proven on hand-made 
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from minigpt.cli import main
 from minigpt.inspect import head_ablation, head_scores, induction_loss, repeated_random_tokens
 from tests.circuits import V, fixed_distance_model, induction_model
 
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "induction.yaml"
 PRINTABLE_IDS = torch.arange(33, 127)  # the 94 printable ASCII characters but the space, as byte tokens
 
 
@@ -53,7 +55,7 @@ def test_the_circuit_checks_pass_a_hand_made_induction_circuit_and_fail_a_fixed_
 )
 def test_the_induction_recipe_grows_a_two_layer_circuit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["--config", "induction", "--logger", "csv", "--name", "induction"]) == 0
+    assert main(["--config", str(RECIPE), "--logger", "csv", "--name", "induction"]) == 0
     run = tmp_path / "runs" / "induction"
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     losses = [float(row["val/induction_loss"]) for row in rows if row["val/induction_loss"]]
