@@ -81,9 +81,11 @@ def test_repeats_are_random_printable_strings_each_shown_twice(tmp_path):
     assert all(doc == half * 2 for doc, half in zip(docs, halves, strict=True))
     assert {len(half) for half in halves} == set(range(3, 10))
     assert set("".join(docs)) <= set(PRINTABLE) and len(set("".join(docs))) == 94
-    # Other settings, other documents: another cache.
+    # Other settings, other documents: another cache, beside the first one (not in its place).
     other = module(tmp_path, source="repeats", repeat_documents=200, repeat_max_length=12)
     assert other.cache.fingerprint() != dm.cache.fingerprint()
+    other.prepare_data()
+    assert dm.cache.problem(dm.cache.fingerprint()) is None
 
 
 def test_single_file_validates_on_its_last_tenth_like_nanogpt(tmp_path):

@@ -51,7 +51,7 @@ def test_the_circuit_checks_pass_a_hand_made_induction_circuit_and_fail_a_fixed_
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="on a loaded 2-core CPU the model stays on the ln(94) plateau for all its steps (docs/induction.md)",
+    reason="no recipe tried grows the two-layer circuit in the steps 5 minutes give here (docs/induction.md)",
 )
 def test_the_induction_recipe_grows_a_two_layer_circuit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

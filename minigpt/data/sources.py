@@ -197,8 +197,8 @@ class Source:
         """What identifies the source's content without reading it, for the cache's fingerprint."""
         if self.source == "embedded":  # changes with the Python version
             return {"corpus": hashlib.sha256("\0".join(embedded_corpus()).encode()).hexdigest()}
-        if self.source == "repeats":  # generated from a fixed seed: its settings say what it holds
-            return {"repeats": [self.repeat_documents, self.repeat_max_length, REPEATS_SEED, MIN_REPEAT]}
+        if self.source == "repeats":  # generated from a fixed seed, by settings the cache's own settings() name
+            return {"repeats": [REPEATS_SEED, MIN_REPEAT]}
         if self.source == "text" and not self.is_url:  # local files: their names, sizes and times
             stats = [(f, os.stat(f)) for f in map(os.path.abspath, self.text_files())]
             return {"files": [(f, st.st_size, st.st_mtime_ns) for f, st in stats]}
