@@ -7,6 +7,7 @@ The folder travels with the call that runs gpu_check.py there (a few MB):
 - `wheels/`: `jsonargparse[signatures]` (jsonargparse, docstring_parser, typeshed_client; pure Python), at the
   versions installed here, which the tests run train.py's LightningCLI with. There, gpu_check.py installs them from
   these files alone (`pip install --no-index`) into a folder of its own; nothing comes from a network.
+- `data/repeats/bytes/`: the token cache of `configs/induction.yaml` (its random strings, generated here).
 - `data/tinyshakespeare/bytes/`: the token cache of `configs/shakespeare_char.yaml`, made by
   `TextDataModule.prepare_data` from the config's own data settings, so its fingerprint is the one train.py computes
   there: train.py reuses it and never imports `datasets`. The config reads Tiny Shakespeare from a URL; this side
@@ -25,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CARRY = REPO / "benchmarks" / "device-carry"
 SHAKESPEARE_CONFIG = REPO / "configs" / "shakespeare_char.yaml"
+INDUCTION_CONFIG = REPO / "configs" / "induction.yaml"
 SHAKESPEARE_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 SHAKESPEARE_CHARS = 1_115_394  # the size of the file at the config's URL
 # train.py's LightningCLI needs jsonargparse[signatures]; these are it, without what the GPU machine has (PyYAML,
@@ -83,6 +85,18 @@ def prepare_cache(text: Path, data_dir: Path) -> Path:
     return Path(data.cache_dir)
 
 
+def prepare_induction_cache(data_dir: Path) -> Path:
+    """The induction config's token cache under data_dir (data.source repeats: generated, nothing to download)."""
+    import yaml
+
+    from minigpt.data import TextDataModule
+
+    settings = yaml.safe_load(INDUCTION_CONFIG.read_text())["data"]
+    data = TextDataModule(**{**settings, "data_dir": str(data_dir)})
+    data.prepare_data()
+    return Path(data.cache_dir)
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
@@ -107,6 +121,7 @@ def main() -> None:
     if not args.text.is_file():
         sys.exit(f"error: no text at {args.text}: pass --text PATH to Tiny Shakespeare's input.txt")
     print(f"token cache: {prepare_cache(args.text, args.data_dir)}")
+    print(f"token cache: {prepare_induction_cache(args.data_dir)}")
 
 
 if __name__ == "__main__":

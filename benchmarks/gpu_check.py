@@ -87,6 +87,8 @@ ROWS = [
     Row("loader", 20, "2b: host windows + copy vs tokens_on_device, at the baby's and the 124M's batch shapes"),
     Row("levers-124m", 210, "2: compile against each lever, pair by pair: CUDA graphs (compile mode "
         "reduce-overhead), the vocabulary unpadded (pad_vocab_multiple), micro-batch 32 x 16"),
+    Row("induction", 240, "induction recipe (docs/induction.md) for 20,000 steps: when val/induction_loss leaves the "
+        "ln(94) plateau, how low it gets, the best previous-token and induction heads", smoke=False, trains=True),
     Row("ttq-host-loader", 100, "3: ttq with --data.tokens_on_device false (what the lever is worth)", smoke=False,
         trains=True),
     Row("ttq-cudagraphs", 120, "3: ttq with --model.compile_mode reduce-overhead (CUDA graphs in Lightning's loop)",

@@ -599,6 +599,47 @@ def row_loader(ctx: Context, result: Result) -> None:
             )  # fmt: skip
 
 
+INDUCTION = "configs/induction.yaml"
+INDUCTION_STEPS = 20000  # what public two-layer runs on strings of varied lengths needed (docs/induction.md)
+
+
+def row_induction(ctx: Context, result: Result) -> None:
+    """The induction recipe given the steps a GPU affords (docs/induction.md): where val/induction_loss leaves the
+    ln(94) = 4.54 plateau and how low it gets, the best previous-token (layer 0) and induction (layer 1) scores at
+    the last drawing, and the run's wall time. Its token cache (data.source repeats) comes carried."""
+    if not any((ctx.carry / "data" / "repeats" / "bytes").glob("shards-*/meta.json")):
+        fix = "run `python benchmarks/gpu_check.py --prepare`"
+        raise RowError(f"no induction token cache in {ctx.carry / 'data'}: {fix}")
+    name = "induction"
+    shutil.rmtree(ctx.work / "runs" / name, ignore_errors=True)
+    steps, every = (4, 2) if ctx.smoke else (INDUCTION_STEPS, 500)
+    command = [
+        sys.executable, "train.py", "--config", INDUCTION, "--data.data_dir", str(ctx.carry / "data"),
+        "--logger", "csv", "--runs_dir", str(ctx.work / "runs"), "--name", name,
+        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(every),
+    ]  # fmt: skip
+    done = run(command)
+    if done.interrupted:
+        raise KeyboardInterrupt
+    exited(result, "train.py", done)
+    metrics = read_metrics(ctx.work / "runs" / name)
+    check_losses(result, metrics, "train.py")
+    losses = logged(metrics, "val/induction_loss")  # (step, nats)
+    if not losses:
+        raise RowError("no val/induction_loss in metrics.csv")
+    below = next((step for step, value in losses if value < 1.0), None)
+    curve = ", ".join(f"{step}: {value:.2f}" for step, value in losses[:: max(1, len(losses) // 8)])
+    result.item("val/induction_loss", f"{losses[0][1]:.2f} -> {losses[-1][1]:.2f}; under 1 nat from step {below}"
+                f" ({curve})", first=losses[0][1], last=losses[-1][1], under_1_nat_step=below,
+                steps=[step for step, _ in losses], values=[value for _, value in losses])  # fmt: skip
+    last = metrics[-1] | {key: value for row in metrics for key, value in row.items() if value != ""}
+    for layer, score in ((0, "previous_token"), (1, "induction")):
+        keys = [key for key in last if re.fullmatch(rf"attention/layer{layer}\.head\d+/{score}", key)]
+        best = max((float(last[key]) for key in keys), default=math.nan)
+        result.item(f"best layer-{layer} {score}", f"{best:.2f}", best=best)
+    result.item("whole run", f"{done.seconds:.1f} s for {steps} steps", wall_s=done.seconds)
+
+
 ROWS: dict[str, Callable[[Context, Result], None]] = {
     "ttq-cold": partial(row_ttq, variant="cold"),
     "ttq-warm": partial(row_ttq, variant="warm"),
@@ -610,6 +651,7 @@ ROWS: dict[str, Callable[[Context, Result], None]] = {
     "generate": row_generate,
     "memory-124m": row_memory,
     "loader": row_loader,
+    "induction": row_induction,
 }
 
 

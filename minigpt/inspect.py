@@ -75,8 +75,7 @@ def forward_with_attention(model, idx: torch.Tensor) -> tuple[torch.Tensor, list
     for block in model.transformer.h:  # Block.forward, its attention computed here
         y, weights = layer_attention(block.attn, block.ln_1(x))
         attentions.append(weights)
-        x = x + y
-        x = x + block.mlp(block.ln_2(x))
+        x = block.feed_forward(x + y)
     logits = model.lm_head(model.transformer.ln_f(x))  # (B, T, padded vocab)
     return logits[..., : model.config.vocab_size], attentions
 

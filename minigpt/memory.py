@@ -20,7 +20,9 @@ TRAINING_BYTES = 4 * WEIGHT_BYTES
 def parameter_count(config: GPTConfig) -> int:
     """The parameters of GPT(config), counted from its shape (the tied LM head once, the padding rows included)."""
     C, bias = config.n_embd, int(config.bias)
-    per_block = 12 * C * C + 2 * C + bias * 11 * C  # q|k|v, out, MLP in and out; two LayerNorms; their biases
+    per_block = 4 * C * C + C + bias * 5 * C  # q|k|v and out, LayerNorm, their biases
+    if config.mlp:
+        per_block += 8 * C * C + C + bias * 6 * C  # MLP in and out, its LayerNorm, their biases
     embeddings = (config.padded_vocab_size + config.block_size) * C
     return embeddings + config.n_layer * per_block + C + bias * C  # + the final LayerNorm
 

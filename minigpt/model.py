@@ -8,6 +8,7 @@ feeds tokens at their positions, returning the last position's logits.
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,16 @@ class GPTConfig:
     """Round the embedding and LM-head rows up to a multiple of this (64 or 128: GPT-2's 50257 becomes 50304, as
     in nanoGPT, so the LM head's matmuls get aligned shapes and faster GPU kernels). The extra ids never appear in
     the data; the model's logits stop at vocab_size, so they are never sampled either."""
+    mlp: bool = True
+    """Each block has an MLP after its attention, as GPT-2's do; false: attention-only blocks, the toy models in which
+    induction heads were first studied (Elhage et al. 2021), which form them within minutes on a CPU."""
+    init_std: float = 0.02
+    """Standard deviation of the initial weights and embeddings (GPT-2's 0.02; the residual projections get it
+    divided by sqrt(2 * n_layer)). Tiny models learn attention patterns sooner from larger ones, about
+    1/sqrt(n_embd)."""
+    position_embedding: Literal["learned", "sinusoidal"] = "learned"
+    """The position table: `learned` (GPT-2's) or `sinusoidal`, the fixed table of Vaswani et al. (2017), never
+    trained, at the scale of the token embeddings (init_std)."""
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
@@ -53,6 +64,10 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout={self.dropout} must be in [0, 1)")
         check_heads(self.n_embd, self.n_head)
+        if not self.init_std > 0:
+            raise UserError(f"init_std={self.init_std} must be > 0")
+        if self.position_embedding not in ("learned", "sinusoidal"):
+            raise UserError(f"position_embedding={self.position_embedding!r} must be learned or sinusoidal")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -77,15 +92,31 @@ class MLP(nn.Module):
         return self.dropout(y) if self.training else y
 
 
+def sinusoidal_table(block_size: int, n_embd: int, std: float) -> torch.Tensor:
+    """Vaswani et al.'s position table (block_size, n_embd): sin and cos of position / 10000^(2i / n_embd),
+    interleaved (even columns sin, odd cos), scaled to the standard deviation std (that of the token embeddings at
+    initialisation: at its own scale of 1 the table drowns the tokens)."""
+    position = torch.arange(block_size, dtype=torch.float32)[:, None]  # (T, 1)
+    frequency = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    angles = position * frequency  # (T, ceil(C / 2))
+    table = torch.zeros(block_size, n_embd)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : n_embd // 2])
+    return table * (std * math.sqrt(2))  # sin and cos have a standard deviation of 1/sqrt(2)
+
+
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) (no MLP with config.mlp false)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config.n_embd, config.n_head, config.dropout, config.bias)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        if config.mlp:
+            self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+            self.mlp = MLP(config)
+        else:
+            self.ln_2 = self.mlp = None
 
     def forward(
         self,
@@ -96,7 +127,11 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). input_pos, mask, n_keys: for decoding with a KV cache (CausalSelfAttention)."""
         x = x + self.attn(self.ln_1(x), input_pos, mask, n_keys)
-        return x + self.mlp(self.ln_2(x))
+        return self.feed_forward(x)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + mlp(ln_2(x)), (B, T, C); x itself in an attention-only block."""
+        return x if self.mlp is None else x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -118,19 +153,23 @@ class GPT(nn.Module):
 
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), one per residual add (attention and MLP).
-        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        residual_std = config.init_std / math.sqrt(2 * config.n_layer)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
+        if config.position_embedding == "sinusoidal":
+            # Kept as wpe's weight, frozen: checkpoints hold it like a learned table, and the optimizer skips it.
+            table = sinusoidal_table(config.block_size, config.n_embd, config.init_std)
+            self.transformer.wpe.weight.data.copy_(table)
+            self.transformer.wpe.weight.requires_grad_(False)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position table, as GPT-2 papers count.

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from minigpt.data import TextDataModule, TokenWindows, embedded_corpus
 from minigpt.data import cache as cache_module
+from minigpt.data.sources import PRINTABLE, repeated_strings
 from minigpt.errors import UserError
 from tests.skips import gpt2_or_skip
 
@@ -67,6 +68,24 @@ def test_embedded_default_holds_every_topic_once(tmp_path):
     corpus = embedded_corpus()
     assert sorted(train + val) == sorted(corpus)
     assert len(val) == math.ceil(0.1 * len(corpus))
+
+
+def test_repeats_are_random_printable_strings_each_shown_twice(tmp_path):
+    dm = module(tmp_path, source="repeats", repeat_documents=200, repeat_max_length=9)
+    dm.prepare_data()
+    tokens = split_tokens(dm)
+    docs = documents(dm, tokens["train"]) + documents(dm, tokens["val"])
+    assert sorted(docs) == sorted(repeated_strings(200, 9))  # the same documents on every run
+    assert len(documents(dm, tokens["val"])) == 20
+    halves = [doc[: len(doc) // 2] for doc in docs]
+    assert all(doc == half * 2 for doc, half in zip(docs, halves, strict=True))
+    assert {len(half) for half in halves} == set(range(3, 10))
+    assert set("".join(docs)) <= set(PRINTABLE) and len(set("".join(docs))) == 94
+    # Other settings, other documents: another cache, beside the first one (not in its place).
+    other = module(tmp_path, source="repeats", repeat_documents=200, repeat_max_length=12)
+    assert other.cache.fingerprint() != dm.cache.fingerprint()
+    other.prepare_data()
+    assert dm.cache.problem(dm.cache.fingerprint()) is None
 
 
 def test_single_file_validates_on_its_last_tenth_like_nanogpt(tmp_path):
@@ -423,6 +442,8 @@ def test_bad_arguments_fail_at_construction(tmp_path):
         module(tmp_path, source="hub")
     with pytest.raises(ValueError, match="val_batches=0 must be at least 1"):
         module(tmp_path, val_batches=0)
+    with pytest.raises(ValueError, match="data.repeat_max_length=2 must be >= 3"):
+        module(tmp_path, source="repeats", repeat_max_length=2)
 
 
 def test_non_utf8_bytes_are_replaced_and_counted(tmp_path, capsys):

@@ -58,6 +58,39 @@ def test_gpt2_initialisation():
         assert torch.all(block.attn.c_attn.bias == 0)
 
 
+def test_init_std_scales_every_initial_weight():
+    model = GPT(GPTConfig(vocab_size=5000, block_size=256, n_layer=8, n_head=4, n_embd=256, init_std=0.1))
+    assert model.transformer.wte.weight.std().item() == pytest.approx(0.1, rel=0.05)
+    assert model.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.1, rel=0.05)
+    assert model.transformer.h[0].attn.c_proj.weight.std().item() == pytest.approx(0.1 / 4, rel=0.05)
+    with pytest.raises(ValueError, match="init_std=0 must be > 0"):
+        GPTConfig(init_std=0)
+
+
+def test_attention_only_blocks_have_no_mlp_and_add_only_attention():
+    model = small_gpt(mlp=False).eval()
+    assert not any(".mlp." in name or ".ln_2." in name for name in model.state_dict())
+    block, x = model.transformer.h[0], torch.randn(2, 5, 32)
+    torch.testing.assert_close(block(x), x + block.attn(block.ln_1(x)))
+
+
+def test_sinusoidal_positions_are_vaswanis_table_frozen():
+    model = small_gpt(position_embedding="sinusoidal", init_std=0.05)
+    table = model.transformer.wpe.weight
+    assert not table.requires_grad
+    scale = 0.05 * math.sqrt(2)  # the table's standard deviation is init_std, the token embeddings'
+
+    pos, i = 7, 3  # column 2i holds sin(pos / 10000^(2i / C)), column 2i + 1 its cos
+    angle = pos / 10000 ** (2 * i / 32)
+    assert table[pos, 2 * i].item() == pytest.approx(scale * math.sin(angle), abs=1e-7)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(scale * math.cos(angle), abs=1e-7)
+    # Training leaves it as it is: no gradient reaches it.
+    idx = torch.randint(0, 97, (2, 16))
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert table.grad is None and model.transformer.wte.weight.grad is not None
+
+
 def test_logits_loss_and_attention_shapes():
     model = small_gpt().eval()
     idx = torch.randint(0, 97, (2, 16))

@@ -354,6 +354,13 @@ def test_adamw_groups_decay_matrices_only():
     assert grouped == {id(p) for p in module.model.parameters()}  # each parameter once (tied head included)
 
 
+def test_a_frozen_sinusoidal_table_is_not_optimized():
+    shape = dict(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=8, decay_steps=10)
+    module = ModelOptions(**shape, position_embedding="sinusoidal").build()
+    grouped = {id(p) for group in module.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
+    assert id(module.model.transformer.wpe.weight) not in grouped
+
+
 def test_warmup_then_cosine_to_min_lr():
     multiplier = warmup_cosine(warmup_steps=10, decay_steps=110, min_ratio=0.1)
     assert multiplier(0) == pytest.approx(1 / 11)
@@ -391,9 +398,12 @@ def test_mfu_counts_no_padding_flops():
 
 
 # --- sizes checked before anything is allocated ----------------------------------------------------------------
-@pytest.mark.parametrize("bias, pad", [(True, 1), (False, 1), (True, 64)])
-def test_parameter_count_from_the_shape_is_the_models(bias, pad):
-    config = GPTConfig(vocab_size=100, block_size=12, n_layer=3, n_head=2, n_embd=8, bias=bias, pad_vocab_multiple=pad)
+@pytest.mark.parametrize(
+    "bias, pad, mlp", [(True, 1, True), (False, 1, True), (True, 64, True), (True, 1, False), (False, 1, False)]
+)
+def test_parameter_count_from_the_shape_is_the_models(bias, pad, mlp):
+    shape = dict(vocab_size=100, block_size=12, n_layer=3, n_head=2, n_embd=8)
+    config = GPTConfig(**shape, bias=bias, pad_vocab_multiple=pad, mlp=mlp)
     assert parameter_count(config) == GPT(config).num_params(non_embedding=False)
 
 

@@ -87,6 +87,8 @@ class TokenCache:
         path = os.path.abspath(src.path) if src.path and not src.is_url and os.path.exists(src.path) else src.path
         settings = {"source": src.source, "path": path, "name": src.name, "split": src.split}
         settings |= {"text_column": src.text_column, "streaming": src.streaming}
+        if src.source == "repeats":  # what it generates; other sources keep the keys (and fingerprints) they had
+            settings |= {"repeat_documents": src.repeat_documents, "repeat_max_length": src.repeat_max_length}
         return settings | {
             "token_budget": self.token_budget,
             "val_fraction": self.val_fraction,

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from minigpt.data.cache import SPLITS, TokenCache
-from minigpt.data.sources import Source
+from minigpt.data.sources import MIN_REPEAT, Source
 from minigpt.data.windows import TokenStream, TokenWindows, cut_windows
 from minigpt.errors import UserError
 from minigpt.tokenizer import available, get_tokenizer
@@ -53,9 +53,9 @@ class DataConfig(Source):
     it. For token sets that fit in GPU memory (4 bytes per token), such as Tiny Shakespeare's 1 MB."""
 
     def __post_init__(self):
-        if self.source not in ("embedded", "text", "hub"):
-            raise UserError(f"unknown source {self.source!r}; use embedded, text or hub")
-        if self.source != "embedded" and not self.path:
+        if self.source not in ("embedded", "repeats", "text", "hub"):
+            raise UserError(f"unknown source {self.source!r}; use embedded, repeats, text or hub")
+        if self.source in ("text", "hub") and not self.path:
             raise UserError(f"source {self.source!r} needs a path (a file, folder, glob, URL or hub dataset id)")
         if self.tokenizer not in available():
             raise UserError(f"unknown tokenizer {self.tokenizer!r}; available: {', '.join(available())}")
@@ -63,7 +63,8 @@ class DataConfig(Source):
             raise UserError(f"val_fraction={self.val_fraction} must lie strictly between 0 and 1")
         if self.val_batches < 1:
             raise UserError(f"val_batches={self.val_batches} must be at least 1: the validation set needs a batch")
-        for setting, least in (("batch_size", 1), ("num_workers", 0), ("seed", 0)):
+        least_repeat = ("repeat_documents", 1), ("repeat_max_length", MIN_REPEAT)
+        for setting, least in (("batch_size", 1), ("num_workers", 0), ("seed", 0), *least_repeat):
             if getattr(self, setting) < least:
                 raise UserError(f"data.{setting}={getattr(self, setting)} must be >= {least}")
         for setting in ("token_budget", "num_proc"):

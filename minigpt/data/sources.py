@@ -1,4 +1,5 @@
-"""Where text comes from: the embedded Python Language Reference, local text files and URLs, and hub datasets.
+"""Where text comes from: the embedded Python Language Reference, random strings shown twice, local text files and
+URLs, and hub datasets.
 
 Each source becomes a `datasets` dataset of rows of text; local text files are read in pieces of at most
 TEXT_CHUNK_CHARS characters, so a file of any size never sits in memory whole. `datasets` (and its pyarrow) are
@@ -38,6 +39,26 @@ def embedded_corpus() -> list[str]:
     from pydoc_data.topics import topics
 
     return [topics[key] for key in sorted(topics)]
+
+
+# The characters of the `repeats` source: the 94 printable ASCII characters but the space (bytes 33 to 126), one
+# token each with the `bytes` tokenizer.
+PRINTABLE = "".join(map(chr, range(33, 127)))
+REPEATS_SEED = 1337  # fixed: the same documents on every run and machine, as the cache's fingerprint assumes
+MIN_REPEAT = 3  # shown twice, a shorter string has no token that only induction predicts
+
+
+def repeated_strings(documents: int, max_length: int, seed: int = REPEATS_SEED) -> list[str]:
+    """`documents` random strings of PRINTABLE characters, each written twice in a row ("xQ!xQ!"), their lengths
+    drawn uniformly in [MIN_REPEAT, max_length].
+
+    In the second copy every character but the first is the one that followed the same character in the first:
+    predictable by induction only, since the length varies and no fixed distance back finds it.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(MIN_REPEAT, max_length + 1, documents)  # (documents,)
+    alphabet = np.array(list(PRINTABLE))
+    return ["".join(alphabet[rng.integers(0, len(PRINTABLE), n)]) * 2 for n in lengths]
 
 
 # A letter or digit followed by whitespace. No tiktoken pattern (gpt2's, cl100k's, o200k's) puts that letter and
@@ -130,10 +151,11 @@ def _text_rows(files: tuple, val: tuple, val_fraction: float, chunk_chars: int) 
 class Source:
     """A text source and the settings that say how to read it (the first `--data.*` settings: `DataConfig`)."""
 
-    source: Literal["embedded", "text", "hub"] = "embedded"
+    source: Literal["embedded", "repeats", "text", "hub"] = "embedded"
     """Where the text comes from: `embedded` (the Python Language Reference that ships with CPython, works
-    offline), `text` (local .txt files or a URL, each file one document) or `hub` (a HuggingFace hub dataset, or a
-    local folder laid out like one)."""
+    offline), `repeats` (random strings of printable ASCII, each shown twice: generated, offline; for watching
+    induction heads form), `text` (local .txt files or a URL, each file one document) or `hub` (a HuggingFace hub
+    dataset, or a local folder laid out like one)."""
     path: str | None = None
     """For `text`, a .txt file, a folder of them, a glob or a URL; for `hub`, the dataset id or folder."""
     name: str | None = None
@@ -144,6 +166,10 @@ class Source:
     """The hub column that holds the text."""
     streaming: bool = False
     """Read the hub dataset as a stream (with `token_budget`, for sets too big to download)."""
+    repeat_documents: int = 40000
+    """For `repeats`: how many random strings shown twice to generate (one document each)."""
+    repeat_max_length: int = 32
+    """For `repeats`: the longest random string; each one's length is drawn uniformly from 3 to this."""
 
     @property
     def is_url(self) -> bool:
@@ -158,6 +184,8 @@ class Source:
         """A cache folder name for this source."""
         if self.source == "embedded":
             return "python-reference"
+        if self.source == "repeats":
+            return "repeats"
         # The last two parts of the path (absolute when it exists locally, without a file extension) and the
         # subset: readable, and rarely the same for two sources.
         path = os.path.abspath(self.path) if os.path.exists(self.path) else self.path
@@ -169,6 +197,8 @@ class Source:
         """What identifies the source's content without reading it, for the cache's fingerprint."""
         if self.source == "embedded":  # changes with the Python version
             return {"corpus": hashlib.sha256("\0".join(embedded_corpus()).encode()).hexdigest()}
+        if self.source == "repeats":  # generated from a fixed seed, by settings the cache's own settings() name
+            return {"repeats": [REPEATS_SEED, MIN_REPEAT]}
         if self.source == "text" and not self.is_url:  # local files: their names, sizes and times
             stats = [(f, os.stat(f)) for f in map(os.path.abspath, self.text_files())]
             return {"files": [(f, st.st_size, st.st_mtime_ns) for f, st in stats]}
@@ -248,6 +278,8 @@ class Source:
 
         if self.source == "embedded":
             return datasets.Dataset.from_dict({"text": embedded_corpus()})
+        if self.source == "repeats":
+            return datasets.Dataset.from_dict({"text": repeated_strings(self.repeat_documents, self.repeat_max_length)})
         pin = None if os.path.isdir(self.path) else revision  # a local folder's revision is a hash, not a commit
         try:
             ds = datasets.load_dataset(self.path, self.name, split=self.split, streaming=self.streaming, revision=pin)
