@@ -48,18 +48,42 @@ def test_the_circuit_checks_pass_a_hand_made_induction_circuit_and_fail_a_fixed_
     assert any("length 3" in problem for problem in faked) and any("layer 1" in p for p in faked), faked
 
 
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory) -> Path:
+    """The shipped recipe, run once as a user runs it (`minigpt train --config induction`), its CSV logged."""
+    folder = tmp_path_factory.mktemp("induction")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert main(["--config", str(RECIPE), "--logger", "csv", "--name", "induction"]) == 0
+    return folder / "runs" / "induction"
+
+
+@pytest.mark.slow
+def test_the_induction_recipe_logs_its_curves_and_learns_from_the_repeats(recipe_run):
+    """What the recipe does on this CPU: every curve of docs/induction.md is in its CSV, and its induction loss leaves
+    the plateau of guessing among the printable characters (ln 94 = 4.54), if not towards 0 (see the xfail below)."""
+    rows = list(csv.DictReader((recipe_run / "metrics.csv").open()))
+    columns = set(rows[0])
+    for name in (
+        "val/induction_loss",
+        "val/icl_score",
+        "attention/layer0.head0/previous_token",
+        "attention/layer1.head0/induction",
+        "attention/layer0.head0/induction_ablation",
+    ):
+        assert name in columns, sorted(columns)
+    losses = [float(row["val/induction_loss"]) for row in rows if row["val/induction_loss"]]
+    assert losses[0] > math.log(94) - 0.5 and losses[-1] < losses[0] - 0.5, losses
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="no recipe tried grows the two-layer circuit in the steps 5 minutes give here (docs/induction.md)",
 )
-def test_the_induction_recipe_grows_a_two_layer_circuit(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(["--config", str(RECIPE), "--logger", "csv", "--name", "induction"]) == 0
-    run = tmp_path / "runs" / "induction"
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+def test_the_induction_recipe_grows_a_two_layer_circuit(recipe_run):
+    rows = list(csv.DictReader((recipe_run / "metrics.csv").open()))
     losses = [float(row["val/induction_loss"]) for row in rows if row["val/induction_loss"]]
-    # From guessing among the printable characters (ln 94 = 4.54) towards 0.
-    assert losses[0] > math.log(94) - 0.5 and losses[-1] < 0.5, losses
-    model, _ = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert losses[-1] < 0.5, losses  # from guessing among the printable characters (ln 94 = 4.54) towards 0
+    model, _ = load_checkpoint(recipe_run / "checkpoints" / "last.ckpt")
     assert circuit_problems(model, PRINTABLE_IDS, (4, 9, 16)) == []  # 16 twice fills the block of 32
