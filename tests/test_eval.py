@@ -19,6 +19,7 @@ from minigpt.hellaswag import Counts, Example, parse_example, score
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import get_tokenizer
 from tests.skips import gpt2_or_skip
+from tests.test_gpu_paths import torchrun
 from tests.test_sample import run_command, write_checkpoint
 from tests.test_train import REPO, TINY, one_error_line
 
@@ -269,17 +270,6 @@ def test_the_gpt2_124m_config_logs_hellaswag_as_it_trains_cpu_sized(tmp_path, mo
     assert config["eval"]["hellaswag_every"] == 1 and config["trainer"]["precision"] == "bf16-mixed"
     assert len(logged(run, "eval/hellaswag_acc")) == len(logged(run, "eval/hellaswag_acc_norm")) == 1
     assert scored == [(True, torch.bfloat16)]  # 6 examples, the config's 16 per forward: one forward
-
-
-def torchrun(cwd: Path, nproc: int, *args: str):
-    from tests.test_train import free_port
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-        "127.0.0.1", "--master-port", str(free_port()), str(REPO / "train.py"), *args,
-    ]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
