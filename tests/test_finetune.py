@@ -13,6 +13,7 @@ import yaml
 
 from minigpt.cli import MiniGPTCLI, main
 from minigpt.export import export
+from tests.skips import gpt2_or_skip
 from tests.test_sample import CONFIG, write_checkpoint
 from tests.test_train import REPO, load, one_error_line
 
@@ -64,6 +65,7 @@ IDS = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(1
 
 @pytest.mark.parametrize("safetensors", [True, False], ids=["safetensors", "bin"])
 def test_a_run_from_a_hf_directory_starts_from_its_weights_with_their_shape(in_tmp, safetensors):
+    gpt2_or_skip()  # GPT-2's BPE: its cache or the network
     hf_model = save_random_gpt2(in_tmp / "gpt2-dir", safetensors)
     cli = MiniGPTCLI([*FINETUNE, "--model.init_from", "gpt2-dir", "--model.block_size", "32"])
     config = cli.model.config
@@ -78,6 +80,7 @@ def test_a_run_from_a_hf_directory_starts_from_its_weights_with_their_shape(in_t
 
 
 def test_two_steps_at_lr_1e_9_export_to_the_directorys_logits(in_tmp):
+    gpt2_or_skip()  # GPT-2's BPE: its cache or the network
     hf_model = save_random_gpt2(in_tmp / "gpt2-dir")
     args = ("--model.init_from", "gpt2-dir", "--model.block_size", "32", "--model.dropout", "0.1", "--name", "ft")
     assert main([*FINETUNE, *args]) == 0
@@ -157,6 +160,7 @@ def test_a_checkpoints_tokenizer_is_kept(in_tmp, capsys):
 
 
 def test_the_shipped_small_recipe_fine_tunes_a_stand_in_for_gpt2(in_tmp):
+    gpt2_or_skip()  # GPT-2's BPE: its cache or the network
     save_random_gpt2(in_tmp / "gpt2-dir")
     cpu_sized = [
         "--model.init_from", "gpt2-dir", "--data.path", "text.txt", "--trainer.precision", "32-true",
