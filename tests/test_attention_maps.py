@@ -166,6 +166,7 @@ def test_a_validation_text_of_too_few_distinct_tokens_for_the_score_probe_is_one
 # --- during training -------------------------------------------------------------------------------------
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
+    """Runs write runs/ and data/ under a fresh temporary directory, W&B offline."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -133,17 +133,24 @@ def test_a_stopped_stream_resumes_after_its_whole_shards(tmp_path, monkeypatch, 
     assert len(cache_bytes(dm)) > 2 * 4  # several shards' train and val files, meta.json
 
 
+def prepared_again_as_uninterrupted(tmp_path, monkeypatch, dm) -> list[str]:
+    """The texts dm's preparation reads when run again, in order; its cache is then checked byte for byte against
+    that of a preparation never stopped."""
+    with monkeypatch.context() as patch:
+        texts, _ = record_reads(patch)
+        dm.prepare_data()
+    uninterrupted = data_module(tmp_path, "uninterrupted")
+    uninterrupted.prepare_data()
+    assert cache_bytes(dm) == cache_bytes(uninterrupted)
+    return texts
+
+
 def test_a_stream_of_another_revision_starts_a_new_cache(tmp_path, monkeypatch, small_shards):
     write_stream(tmp_path / "web")
     dm = stopped_preparation(tmp_path, monkeypatch)
     write_stream(tmp_path / "web", edited=True)  # the files change: the dataset's revision is another
-    with monkeypatch.context() as patch:
-        texts, _ = record_reads(patch)
-        dm.prepare_data()
+    texts = prepared_again_as_uninterrupted(tmp_path, monkeypatch, dm)
     assert texts[0].startswith("doc 0: an edited line")
-    uninterrupted = data_module(tmp_path, "uninterrupted")
-    uninterrupted.prepare_data()
-    assert cache_bytes(dm) == cache_bytes(uninterrupted)
     assert dm.cache.read_meta()["revision"] == datasets.load_dataset_builder(str(tmp_path / "web")).hash
     assert len(list(Path(dm.cache_dir).glob("shards-*"))) == 2  # the old revision's half-built folder is left alone
 
@@ -183,10 +190,5 @@ def test_whole_shards_without_the_streams_state_are_written_again(tmp_path, monk
     dm = stopped_preparation(tmp_path, monkeypatch)
     for state in Path(dm.cache_dir).glob("shards-*/stream-*.json"):  # as a preparation that kept none left them
         state.unlink()
-    with monkeypatch.context() as patch:
-        texts, _ = record_reads(patch)
-        dm.prepare_data()
+    texts = prepared_again_as_uninterrupted(tmp_path, monkeypatch, dm)
     assert texts[0].startswith("doc 0:")
-    uninterrupted = data_module(tmp_path, "uninterrupted")
-    uninterrupted.prepare_data()
-    assert cache_bytes(dm) == cache_bytes(uninterrupted)

@@ -16,20 +16,14 @@ from pathlib import Path
 import pytest
 
 from minigpt.logger import RUN_ID_FILE
+from tests import test_attention_maps
 from tests.test_train import train
 from tests.wandb_records import config_and_history, records
 
+in_tmp = test_attention_maps.in_tmp  # the fixture: runs in a fresh temporary folder, W&B offline
+
 # No attention maps: they are W&B tables, uploaded as artifacts, which the stand-in below does not take.
 SHORT = ["--logger", "wandb", "--trainer.val_check_interval", "2", "--attention_maps.at_train_end", "false"]
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    """Runs write runs/ and data/ under a fresh temporary directory, W&B offline."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    return tmp_path
 
 
 class StandInWandb(BaseHTTPRequestHandler):
